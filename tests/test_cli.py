@@ -1,0 +1,66 @@
+"""The `invlab` command line: output, exit codes, no tracebacks for user mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEFAULT_YAML, TINY_OVERRIDES
+from train.cli import main
+
+
+def test_config_prints_resolved_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", str(DEFAULT_YAML), "data.n_train=77"]) == 0
+    out = capsys.readouterr().out
+    assert "n_train: 77" in out and "placement:" in out and "antialias:" in out
+
+
+def test_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "train.cli", "config", "data.n_trian=3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "data.n_trian" in proc.stderr and "n_train" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["config", "missing.yaml"],
+        ["fit", "optim.optimizer=adam"],
+        ["eval", "no/such.ckpt"],
+        ["models", "resnet9000"],
+    ],
+)
+def test_user_errors_return_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invlab ") and "error:" in err
+
+
+def test_fit_eval_models_show_augment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [str(DEFAULT_YAML), *TINY_OVERRIDES, f"out_dir={tmp_path}", "name=cli"]
+    assert main(["fit", *args]) == 0
+    out = capsys.readouterr().out
+    assert "typical" in out and "atypical" in out and str(tmp_path / "cli") in out
+    assert main(["fit", *args]) == 2  # the run exists: nothing is overwritten
+
+    ckpt = tmp_path / "cli" / "checkpoints" / "last.ckpt"
+    assert main(["eval", str(ckpt), "eval.n_images=8", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "invariance.json").read_text())
+    assert {"typical", "atypical"} <= set(report["splits"])
+    assert "p_change" in report["splits"]["typical"]["translate"]
+
+    assert main(["models"]) == 0
+    assert "cnn" in capsys.readouterr().out
+    assert main(["models", "cnn", "model.antialias.method=blur"]) == 0
+    assert "conv" in capsys.readouterr().out.lower()
+
+    png = tmp_path / "grid.png"
+    aug = ["augment.presets=[translate]", *TINY_OVERRIDES]
+    assert main(["show-augment", str(DEFAULT_YAML), *aug, "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

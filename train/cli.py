@@ -1,0 +1,174 @@
+"""``invlab`` command line: thin wrappers over plain functions.
+
+Every subcommand takes YAML files and ``key=value`` overrides in any order. Configuration and
+input mistakes print one paragraph to stderr and exit with code 2 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from train.config import ConfigError, load_config, to_yaml
+
+EXIT_USAGE = 2
+
+
+def _split_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments: ``key=value`` are overrides, everything else a YAML file."""
+    overrides = [a for a in args if "=" in a]
+    yamls = [a for a in args if "=" not in a]
+    return yamls, overrides
+
+
+def _load(args: Sequence[str], base: dict[str, Any] | None = None):
+    yamls, overrides = _split_args(args)
+    return load_config(*yamls, overrides=overrides, base=base)
+
+
+def format_accuracy_table(metrics: dict[str, Any]) -> str:
+    rows = [f"{'split':<10} {'accuracy':>9}", f"{'-' * 10} {'-' * 9}"]
+    for split, values in metrics["splits"].items():
+        rows.append(f"{split:<10} {100 * values['accuracy']:>8.2f}%")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- subcommands
+def cmd_fit(ns: argparse.Namespace) -> int:
+    from train.fit import fit
+
+    cfg = _load(ns.args)
+    result = fit(cfg, resume=ns.resume, overwrite=ns.overwrite)
+    print()
+    print(format_accuracy_table(result.metrics))
+    if "invariance" in result.metrics:
+        from eval.report import format_table
+
+        print()
+        print(format_table(result.metrics["invariance"]))
+    for note in result.notes:
+        print(note)
+    print(f"\nRun directory: {result.run_dir}")
+    return 0
+
+
+def cmd_config(ns: argparse.Namespace) -> int:
+    print(to_yaml(_load(ns.args)), end="")
+    return 0
+
+
+def read_checkpoint_config(path: Path) -> dict[str, Any] | None:
+    """The plain config stored in one of our checkpoints, or None for a bare weights file."""
+    if path.suffix == ".safetensors":
+        return None
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"Could not read checkpoint {path}: {err}") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    return hparams.get("config") if isinstance(hparams, dict) else None
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from eval.report import format_table
+    from eval.standalone import evaluate_checkpoint
+
+    ckpt = Path(ns.checkpoint)
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"Checkpoint '{ckpt}' not found. Give a .ckpt written by `invlab fit` "
+            f"(runs/<name>/checkpoints/last.ckpt) or a weights file with model.name=..."
+        )
+    base = read_checkpoint_config(ckpt)
+    cfg = _load(ns.args, base=base)
+    out = Path(ns.out) if ns.out else ckpt.parent.parent / "reports"
+    report = evaluate_checkpoint(ckpt, cfg, out)
+    print(format_table(report))
+    print(f"\nReport written to {out}")
+    return 0
+
+
+def cmd_models(ns: argparse.Namespace) -> int:
+    import models
+
+    if ns.name is None:
+        print(models.describe(None))
+        return 0
+    cfg = _load([*ns.args, f"model.name={ns.name}"])
+    print(models.describe(cfg.model))
+    return 0
+
+
+def cmd_show_augment(ns: argparse.Namespace) -> int:
+    import augment
+    from augment import show
+    from train.data import build_datamodule
+
+    cfg = _load(ns.args)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    aug = augment.build(cfg.augment)
+    aug.reseed(cfg.seed)
+    path = show.save_grid(dm.split("train").images[: ns.n], aug, Path(ns.out), n=ns.n)
+    print(f"Wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invlab",
+        description="Train CNN ablations and measure their shift/scale invariance on typical "
+        "vs atypical images.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cfg_help = "YAML config files and key=value overrides, in any order (later wins)"
+
+    p = sub.add_parser("fit", help="train a model; writes runs/<name>/")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("config", help="print the resolved config with every default")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("eval", help="invariance evaluation of a checkpoint or weights file")
+    p.add_argument("checkpoint", help=".ckpt from `invlab fit`, or a weights file")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    p.add_argument("--out", help="output directory (default: the run's reports/)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="list models, or what antialias() rewrites in one")
+    p.add_argument("name", nargs="?", help="e.g. cnn, timm:resnet18, tv:resnet18")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("show-augment", help="save a grid of original vs augmented samples")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    p.add_argument("--out", default="augment_samples.png", help="PNG path")
+    p.add_argument("-n", type=int, default=8, help="number of images")
+    p.set_defaults(func=cmd_show_augment)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return ns.func(ns)
+    except ConfigError as err:
+        print(f"invlab {ns.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""Typed configuration: dataclass schema, YAML + ``key=value`` loading, validation.
+
+``load_config(*yamls, overrides=[...])`` merges schema <- YAML files <- overrides and returns a
+structured ``DictConfig`` (attribute access, type-checked assignment). Every mistake a user can
+make in a config is raised as :class:`ConfigError` with a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, get_args, get_origin, get_type_hints
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    ConfigTypeError,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the CLI prints it without a traceback (exit 2)."""
+
+
+# --------------------------------------------------------------------------------------- data
+@dataclass
+class PlacementConfig:
+    """Where, how large and on what an object is rendered: the photographer's bias.
+
+    position: ``gaussian`` (offset ~ N(0, sigma_px) per axis), ``uniform`` (offset uniform in
+    [-max_offset_px, max_offset_px] per axis), ``ring`` (distance from the centre uniform in
+    ``radius_px``, angle uniform) or ``center`` (no offset).
+    scale: the object's size factor is log-uniform in [lo, hi] (1.0 = ``data.object_size``).
+    background: ``flat`` (one random grey level per image), ``noise`` (i.i.d. pixel noise) or
+    ``texture`` (smooth random texture).
+    """
+
+    position: str = "gaussian"
+    sigma_px: float = 1.5
+    max_offset_px: float = 4.0
+    radius_px: list[float] = field(default_factory=lambda: [6.0, 10.0])
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    background: str = "flat"
+
+
+@dataclass
+class PlacementSplits:
+    """Placement per split. ``val`` and ``typical`` are fresh draws from ``train``."""
+
+    train: PlacementConfig = field(default_factory=PlacementConfig)
+    atypical: PlacementConfig = field(
+        default_factory=lambda: PlacementConfig(
+            position="ring", radius_px=[5.0, 8.0], scale=[0.65, 1.35], background="noise"
+        )
+    )
+
+
+@dataclass
+class DataConfig:
+    source: str = "shapes"
+    # Another source with the same classes for the atypical split (e.g. train on mnist, atypical
+    # from digits). None: the atypical split uses `source` with `placement.atypical`.
+    atypical_source: Optional[str] = None
+    root: str = "data"
+    download: bool = True
+    image_size: int = 32
+    object_size: float = 0.6  # object's nominal extent as a fraction of image_size
+    render: bool = True  # False: use the source images as they are (resized to image_size)
+    eval_margin_px: int = 4  # held-out renderings are image_size + 2 * margin wide
+    n_train: int = 5000
+    n_val: int = 500
+    n_typical: int = 500
+    n_atypical: int = 500
+    batch_size: int = 128
+    num_workers: int = 0
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    placement: PlacementSplits = field(default_factory=PlacementSplits)
+
+
+# -------------------------------------------------------------------------------------- model
+@dataclass
+class AntialiasConfig:
+    method: str = "none"  # none | blur | maxblur | aps
+    filt_size: int = 4
+    pad_mode: str = "reflect"  # reflect | replicate | circular | zeros
+    skip_first: bool = False
+    native: bool = False  # timm models: use timm's own aa_layer placement instead
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn"  # a registered built-in, "timm:<name>" or "tv:<name>"
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
+    depth: int = 1  # conv blocks per stage
+    downsample: str = "conv"  # conv | maxpool | avgpool | none (between stages)
+    down_kernel: int = 3
+    down_stride: int = 2
+    padding_mode: str = "zeros"  # zeros | reflect | replicate | circular
+    norm: str = "batch"  # batch | none
+    head: str = "gap"  # gap | flatten
+    small_input: bool = True  # timm/tv: 3x3 stride-1 stem, no stem max-pool
+    pretrained: Optional[str] = None  # a local weights file (never downloaded)
+    init_from: Optional[str] = None  # a checkpoint whose weights initialise the model
+    channels_last: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm/torchvision
+    antialias: AntialiasConfig = field(default_factory=AntialiasConfig)
+
+
+# ------------------------------------------------------------------------------------ augment
+@dataclass
+class AugmentConfig:
+    """Presets combine in order; each has one knob a sweep can vary."""
+
+    presets: list[str] = field(default_factory=list)
+    max_shift_px: int = 4  # translate
+    pad_fill: str = "zeros"  # translate: zeros | reflect | background
+    subpixel_max_px: float = 2.0  # subpixel_translate
+    scale: list[float] = field(default_factory=lambda: [0.8, 1.2])  # scale, affine
+    degrees: float = 15.0  # rotate, affine
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # crop, heavy
+    jitter: float = 0.2  # heavy: colour jiggle strength
+    erasing_p: float = 0.25  # heavy
+    flip_p: float = 0.5  # flip
+    magnitude: int = 9  # randaugment / trivialaugment
+    num_ops: int = 2  # randaugment
+    same_on_batch: bool = False
+    ops: list[dict[str, Any]] = field(default_factory=list)  # [{name: RandomAffine, ...}]
+
+
+# -------------------------------------------------------------------------------------- optim
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"  # cosine | step | onecycle | constant
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions
+    gamma: float = 0.1
+
+
+# --------------------------------------------------------------------------------------- eval
+@dataclass
+class TypicalityConfig:
+    method: str = "none"  # none | pixels | features
+    k: int = 5
+    quantile: float = 0.2  # typical = nearest q, atypical = farthest q
+    n_bins: int = 10
+    pixel_size: int = 8  # pixels: images downsampled to this size
+    n_reference: int = 50000  # training images used as the reference set (at most)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    every_n_epochs: int = 0  # 0: only at the end of fit
+    splits: list[str] = field(default_factory=lambda: ["typical", "atypical"])
+    transforms: list[str] = field(default_factory=lambda: ["translate", "scale"])
+    n_images: int = 500  # per split (the first n)
+    batch_size: int = 2048  # views per forward pass
+    protocol: str = "crop"  # crop | embed | circular | subpixel
+    trajectory: str = "diagonal"  # diagonal | horizontal | vertical | grid
+    max_shift_px: int = 4
+    subpixel_step: float = 0.25
+    pad_mode: str = "reflect"  # crop without margin: reflect | replicate | zeros
+    fill: str = "black"  # embed: black | mean | inpaint
+    embed_size: float = 0.75  # embed: image resized to this fraction of the input size
+    scales: list[float] = field(default_factory=lambda: [0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15])
+    n_bootstrap: int = 1000
+    ci_level: float = 0.95
+    seed: int = 0
+    plots: bool = True
+    typicality: TypicalityConfig = field(default_factory=TypicalityConfig)
+
+
+# ------------------------------------------------------------------------------------- logger
+@dataclass
+class WandbConfig:
+    mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
+    project: str = "invlab"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False  # online only: upload checkpoints as artifacts
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def _default_trainer() -> dict[str, Any]:
+    return {
+        "max_epochs": 10,
+        "accelerator": "auto",
+        "devices": 1,
+        "precision": "32-true",
+        "log_every_n_steps": 10,
+    }
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=_default_trainer)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# Allowed values of string-valued keys. Other modules validate their own open sets (model names,
+# kornia op names) when they build.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": (
+        "shapes",
+        "digits",
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "stl10",
+        "folder",
+    ),
+    "data.placement.*.position": ("gaussian", "uniform", "ring", "center"),
+    "data.placement.*.background": ("flat", "noise", "texture"),
+    "model.downsample": ("conv", "maxpool", "avgpool", "none"),
+    "model.padding_mode": ("zeros", "reflect", "replicate", "circular"),
+    "model.norm": ("batch", "none"),
+    "model.head": ("gap", "flatten"),
+    "model.antialias.method": ("none", "blur", "maxblur", "aps"),
+    "model.antialias.pad_mode": ("reflect", "replicate", "circular", "zeros"),
+    "augment.pad_fill": ("zeros", "reflect", "background"),
+    "optim.optimizer": ("sgd", "adamw"),
+    "optim.schedule": ("cosine", "step", "onecycle", "constant"),
+    "eval.protocol": ("crop", "embed", "circular", "subpixel"),
+    "eval.trajectory": ("diagonal", "horizontal", "vertical", "grid"),
+    "eval.pad_mode": ("reflect", "replicate", "zeros"),
+    "eval.fill": ("black", "mean", "inpaint"),
+    "eval.typicality.method": ("none", "pixels", "features"),
+    "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
+}
+LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "eval.splits": ("train", "val", "typical", "atypical"),
+    "eval.transforms": ("translate", "scale"),
+}
+# Trainer arguments invlab sets itself from other sections.
+MANAGED_TRAINER_KEYS = {
+    "callbacks": "InvarianceMonitor and ModelCheckpoint are added by invlab",
+    "logger": "use the `logger` section",
+    "default_root_dir": "use `out_dir` and `name`",
+}
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def schema() -> DictConfig:
+    """The full default config (every knob with its default)."""
+    return OmegaConf.structured(Config)
+
+
+def _suggest(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _schema_type(full_key: str) -> Any:
+    """The annotated type of a dotted key in the dataclass schema (None when unknown)."""
+    node: Any = Config
+    typ: Any = None
+    for part in full_key.split("."):
+        indexed = "[" in part
+        part = part.split("[")[0]
+        if not (isinstance(node, type) and is_dataclass(node)):
+            return None
+        hints = get_type_hints(node)
+        if part not in hints:
+            return None
+        typ = hints[part]
+        node = typ
+        if indexed:  # `widths[1]`: the element type
+            return (get_args(typ) or (None,))[0]
+    return typ
+
+
+def _type_name(typ: Any) -> str:
+    if typ is None:
+        return "a value of the schema's type"
+    origin = get_origin(typ)
+    if origin is list:
+        (arg,) = get_args(typ) or (Any,)
+        return f"a list of {getattr(arg, '__name__', str(arg))}"
+    if origin is dict:
+        return "a mapping"
+    args = [a for a in get_args(typ) if a is not type(None)]
+    if args:  # Optional[X]
+        return f"{_type_name(args[0])} or null"
+    return getattr(typ, "__name__", str(typ))
+
+
+def _parent_keys(full_key: str) -> list[str]:
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    node: Any = Config
+    for part in [p for p in parent.split(".") if p]:
+        hints = get_type_hints(node) if is_dataclass(node) else {}
+        node = hints.get(part)
+    return [f.name for f in fields(node)] if node is not None and is_dataclass(node) else []
+
+
+def _translate(err: OmegaConfBaseException, source: str) -> ConfigError:
+    full_key = str(getattr(err, "full_key", "") or "")
+    where = f" (in {source})" if source else ""
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and full_key:
+        leaf = full_key.rsplit(".", 1)[-1]
+        valid = _parent_keys(full_key)
+        hint = _suggest(leaf, valid)
+        listing = f" Valid keys here: {', '.join(valid)}." if valid else ""
+        return ConfigError(f"Unknown config key '{full_key}'{where}.{hint}{listing}")
+    if isinstance(err, (ValidationError, ConfigTypeError)) and full_key:
+        expected = _type_name(_schema_type(full_key))
+        value = getattr(err, "value", None)
+        shown = repr(value) if value is not None else "the given value"
+        return ConfigError(
+            f"Wrong type for config key '{full_key}'{where}: got {shown}, expected {expected}."
+        )
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ConfigError(f"Invalid config{where}: {msg}")
+
+
+def _resolve_yaml_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.exists():
+        return p
+    for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml", CONFIG_DIR / "experiments" / p):
+        if candidate.exists():
+            return candidate
+    raise ConfigError(
+        f"Config file '{path}' not found. Give a path to a YAML file, or a name under "
+        f"{CONFIG_DIR} (e.g. 'default' or 'experiments/<name>.yaml')."
+    )
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(
+            f"Override '{bad[0]}' is not of the form key=value (e.g. data.n_train=2000 or "
+            f"'model.widths=[16,32]')."
+        )
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"Could not parse overrides {overrides}: {err}") from None
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        if "*" in key:
+            head, tail = key.split(".*.")
+            parent = OmegaConf.select(cfg, head)
+            keys = [f"{head}.{name}.{tail}" for name in parent] if parent is not None else []
+        else:
+            keys = [key]
+        for k in keys:
+            value = OmegaConf.select(cfg, k)
+            if value is not None and value not in allowed:
+                raise ConfigError(
+                    f"Invalid value {value!r} for '{k}'.{_suggest(str(value), list(allowed))} "
+                    f"Choose one of: {', '.join(allowed)}."
+                )
+    for key, allowed in LIST_CHOICES.items():
+        for value in OmegaConf.select(cfg, key) or []:
+            if value not in allowed:
+                raise ConfigError(
+                    f"Invalid entry {value!r} in '{key}'.{_suggest(str(value), list(allowed))} "
+                    f"Choose from: {', '.join(allowed)}."
+                )
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    d = cfg.data
+    positive = {
+        "data.image_size": d.image_size,
+        "data.batch_size": d.batch_size,
+        "data.n_train": d.n_train,
+        "eval.batch_size": cfg.eval.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"'{key}' must be positive, got {value}.")
+    for key in ("n_val", "n_typical", "n_atypical", "eval_margin_px", "num_workers"):
+        if d[key] < 0:
+            raise ConfigError(f"'data.{key}' must be >= 0, got {d[key]}.")
+    for split in d.placement:
+        p = d.placement[split]
+        if len(p.scale) != 2 or not 0 < p.scale[0] <= p.scale[1]:
+            raise ConfigError(
+                f"'data.placement.{split}.scale' must be [lo, hi] with 0 < lo <= hi, "
+                f"got {list(p.scale)}."
+            )
+        if len(p.radius_px) != 2 or not 0 <= p.radius_px[0] <= p.radius_px[1]:
+            raise ConfigError(
+                f"'data.placement.{split}.radius_px' must be [r0, r1] with 0 <= r0 <= r1, "
+                f"got {list(p.radius_px)}."
+            )
+    if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
+        raise ConfigError("'data.mean' and 'data.std' need 3 values each, std > 0.")
+    if not 1 <= cfg.model.antialias.filt_size <= 7:
+        raise ConfigError(
+            f"'model.antialias.filt_size' must be in 1..7, got {cfg.model.antialias.filt_size}."
+        )
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"'optim.lr' must be positive, got {cfg.optim.lr}.")
+    if not 0 < cfg.eval.ci_level < 1:
+        raise ConfigError(f"'eval.ci_level' must be in (0, 1), got {cfg.eval.ci_level}.")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    import lightning.pytorch as L
+
+    valid = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+    for key in cfg.trainer:
+        if key in MANAGED_TRAINER_KEYS:
+            raise ConfigError(
+                f"'trainer.{key}' is set by invlab: {MANAGED_TRAINER_KEYS[key]}. Remove it."
+            )
+        if key not in valid:
+            raise ConfigError(
+                f"Unknown Lightning Trainer argument 'trainer.{key}'.{_suggest(key, valid)} "
+                f"See `lightning.pytorch.Trainer` for the accepted arguments."
+            )
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Checks beyond types: allowed values, ranges, Trainer arguments."""
+    _check_choices(cfg)
+    _check_ranges(cfg)
+    _check_trainer(cfg)
+    return cfg
+
+
+def load_config(
+    *yaml_paths: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Merge schema <- ``base`` <- YAML files (in order) <- ``key=value`` overrides, validate.
+
+    ``base`` is a stored plain-dict config (a checkpoint's). Returns a structured
+    ``DictConfig`` typed as :class:`Config` for readers.
+    """
+    cfg = schema()
+    if base is not None:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
+        except OmegaConfBaseException as err:
+            raise _translate(err, "stored config") from None
+    for path in yaml_paths:
+        resolved = _resolve_yaml_path(path)
+        try:
+            loaded = OmegaConf.load(resolved)
+        except Exception as err:  # yaml syntax errors come from several libraries
+            raise ConfigError(f"Could not read YAML file '{resolved}': {err}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"YAML file '{resolved}' must hold a mapping at the top level.")
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as err:
+            raise _translate(err, str(resolved)) from None
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, _parse_overrides(list(overrides)))
+        except OmegaConfBaseException as err:
+            raise _translate(err, "command-line overrides") from None
+    assert isinstance(cfg, DictConfig)
+    validate(cfg)
+    return cfg  # type: ignore[return-value]
+
+
+def to_container(cfg: Any) -> dict[str, Any]:
+    """Plain-dict form for checkpoints and loggers (never a DictConfig: see weights_only)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def from_container(data: dict[str, Any]) -> Config:
+    """Rebuild a validated config from the plain dict stored in a checkpoint or run dir."""
+    return load_config(base=data)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
+    tmp.replace(path)
+    return path
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

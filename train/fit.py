@@ -1,0 +1,173 @@
+"""``fit(cfg) -> FitResult``: the training entry point as a plain function (the CLI wraps it).
+
+Run directory ``<out_dir>/<name>/``: ``config.yaml``, ``checkpoints/{last,best-*}.ckpt``,
+``csv/metrics.csv``, ``reports/`` (invariance JSON and plots, augmentation samples),
+``metrics.json``, and ``wandb/`` for offline W&B runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from train.config import Config, ConfigError, save_config, to_container
+from train.data import build_datamodule
+from train.loggers import build_loggers
+from train.module import Classifier
+
+EVAL_SPLITS = ("val", "typical", "atypical")
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    last_checkpoint: Path
+    best_checkpoint: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def accuracy(self, split: str) -> float:
+        return float(self.metrics["splits"][split]["accuracy"])
+
+
+def write_json(data: Any, path: Path) -> Path:
+    """Atomic JSON write: a crash never leaves a half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+    """Create the run directory; refuse to clobber an earlier run unless told to."""
+    if resume and overwrite:
+        raise ConfigError("Choose one of --resume and --overwrite, not both.")
+    run_dir = Path(cfg.out_dir) / cfg.name
+    last = run_dir / "checkpoints" / "last.ckpt"
+    has_run = (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()
+    if resume:
+        # Lightning's ckpt_path="last" silently starts from scratch when nothing is found.
+        if not last.exists():
+            raise ConfigError(
+                f"Cannot resume: no checkpoint at {last}. Check `out_dir` and `name`, or start "
+                f"a new run without --resume."
+            )
+        return run_dir, last
+    if has_run:
+        if not overwrite:
+            raise ConfigError(
+                f"Run directory {run_dir} already holds a run. Choose another name "
+                f"(name=...), continue it with --resume, or replace it with --overwrite."
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, None
+
+
+def _augment_samples(model: Classifier, dm: Any, run_dir: Path, loggers: list[Any]) -> None:
+    """Save (and log to W&B) a grid of original vs augmented training images."""
+    cfg = model.cfg
+    if not (cfg.augment.presets or cfg.augment.ops):
+        return
+    from augment import show
+
+    images = dm.split("train").images[:8]
+    path = show.save_grid(images, model.augment, run_dir / "reports" / "augment_samples.png")
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="augment/samples", images=[str(path)])
+
+
+def fit(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[L.Callback] = (),
+) -> FitResult:
+    """Train ``cfg``, evaluate accuracy (and invariance) on val/typical/atypical, save it all.
+
+    ``resume`` continues ``<run_dir>/checkpoints/last.ckpt``; ``overwrite`` replaces an existing
+    run directory; ``callbacks`` are added to invlab's own.
+    """
+    run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    save_config(cfg, run_dir / "config.yaml")
+
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    model = Classifier(cfg, num_classes=dm.num_classes)
+
+    loggers, notes = build_loggers(cfg, run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor="val/accuracy",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+    )
+    all_callbacks: list[Any] = [checkpoint, *callbacks]
+    monitor = None
+    if cfg.eval.enabled:
+        from eval.callback import InvarianceMonitor
+
+        monitor = InvarianceMonitor(cfg.eval, image_size=cfg.data.image_size, out_dir=run_dir)
+        all_callbacks.append(monitor)
+    if loggers:
+        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+
+    trainer_kwargs = to_container(cfg.trainer)
+    if cfg.data.n_val == 0:
+        trainer_kwargs.setdefault("limit_val_batches", 0)
+        checkpoint.monitor = None
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        default_root_dir=str(run_dir),
+        logger=loggers or False,
+        callbacks=all_callbacks,
+    )
+    if trainer.is_global_zero:
+        _augment_samples(model, dm, run_dir, loggers)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+
+        splits = [s for s in EVAL_SPLITS if len(dm.split(s).labels) > 0]
+        model.eval_split_names = splits
+        results = trainer.test(
+            model, dataloaders=[dm.eval_dataloader(s) for s in splits], verbose=False
+        )
+    merged: dict[str, float] = {}
+    for r in results:
+        merged.update(r)
+    metrics: dict[str, Any] = {
+        "name": cfg.name,
+        "splits": {s: {"accuracy": merged[f"{s}/accuracy"]} for s in splits},
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "num_classes": dm.num_classes,
+    }
+    if monitor is not None and monitor.final_report is not None:
+        metrics["invariance"] = monitor.final_report
+    last = ckpt_dir / "last.ckpt"
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    if trainer.is_global_zero:
+        write_json(metrics, run_dir / "metrics.json")
+        for logger in loggers:
+            logger.log_metrics(
+                {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()}
+            )
+            logger.finalize("success")
+    return FitResult(run_dir, metrics, last, best, notes)

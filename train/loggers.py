@@ -1,0 +1,78 @@
+"""Loggers for a run: CSV always (when enabled), Weights & Biases online / offline / disabled."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from train.config import Config, to_container
+
+
+def wandb_credentials_available() -> bool:
+    """True when W&B has an API key (environment or ~/.netrc for the configured server)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host or "") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode == "auto":
+        return "online" if wandb_credentials_available() else "offline"
+    return mode
+
+
+def _init_wandb(cfg: Config, run_dir: Path, mode: str) -> tuple[Any, list[str]]:
+    import wandb
+
+    w = cfg.logger.wandb
+    kwargs = {
+        "project": w.project,
+        "entity": w.entity,
+        "group": w.group,
+        "tags": list(w.tags),
+        "name": cfg.name,
+        "dir": str(run_dir),
+        "config": to_container(cfg),
+        "reinit": "finish_previous",
+    }
+    notes: list[str] = []
+    if mode == "online":
+        try:
+            run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=30), **kwargs)
+            return run, notes
+        except Exception as err:  # any failure to reach the server: keep training, offline
+            msg = f"W&B could not reach the server ({type(err).__name__}: {err}); logging offline."
+            warnings.warn(msg, stacklevel=2)
+            notes.append(msg)
+    run = wandb.init(mode="offline", **kwargs)
+    notes.append(
+        f"W&B offline run in {run.dir}; upload it later with `wandb sync {run_dir}/wandb`."
+    )
+    return run, notes
+
+
+def build_loggers(cfg: Config, run_dir: Path) -> tuple[list[Logger], list[str]]:
+    """The run's loggers and human-readable notes about them (e.g. an offline fallback)."""
+    loggers: list[Logger] = []
+    notes: list[str] = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    mode = resolve_wandb_mode(cfg.logger.wandb.mode)
+    if mode != "disabled":
+        run, notes = _init_wandb(cfg, run_dir, mode)
+        online = run.settings.mode == "online" if hasattr(run, "settings") else False
+        # log_model uploads checkpoints as artifacts; it raises for offline runs.
+        loggers.append(
+            WandbLogger(experiment=run, log_model=bool(cfg.logger.wandb.log_model and online))
+        )
+    return loggers, notes

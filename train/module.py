@@ -1,0 +1,146 @@
+"""The LightningModule: a classifier whose inputs stay uint8 until they reach the device.
+
+On the device a batch becomes float in [0, 1], is augmented (training only), then normalised
+inside ``forward``. So ``Classifier.forward`` takes unnormalised [0, 1] images: the same contract
+the invariance evaluation uses for every model. The state dict holds ``net.*`` keys only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+import augment
+import models
+from train.config import Config, from_container, to_container
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` with non-persistent buffers (no state-dict keys)."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def _lr_lambda(cfg_optim: Any, total_steps: int, steps_per_epoch: int):
+    """Multiplier per optimizer step: linear warm-up, then cosine / step / constant."""
+    warmup = int(round(cfg_optim.warmup_epochs * steps_per_epoch))
+    milestones = [int(m * total_steps) for m in cfg_optim.milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg_optim.schedule == "cosine":
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg_optim.schedule == "step":
+            return cfg_optim.gamma ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return factor
+
+
+class Classifier(L.LightningModule):
+    """Image classifier for invariance studies; ``config`` is a plain dict or a ``Config``."""
+
+    def __init__(self, config: dict[str, Any] | DictConfig, num_classes: int) -> None:
+        super().__init__()
+        cfg: Config = from_container(to_container(config))
+        # Plain containers only: a DictConfig in hparams breaks weights_only checkpoint loading.
+        self.save_hyperparameters({"config": to_container(cfg), "num_classes": num_classes})
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.normalize = Normalize(list(cfg.data.mean), list(cfg.data.std))
+        self.net = models.build(cfg.model, num_classes=num_classes)
+        self.augment = augment.build(cfg.augment)
+        self.eval_split_names: list[str] = []
+        if cfg.model.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for float images in [0, 1], shape [B, 3, H, W]."""
+        if self.cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(self.normalize(x))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        if self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, labels
+
+    def on_train_epoch_start(self) -> None:
+        # Distinct per rank (seed_everything gives all ranks one seed) and per epoch, so a run
+        # resumed at an epoch boundary draws the same augmentations as an uninterrupted one.
+        seed = self.cfg.seed * 1_000_003 + self.global_rank * 10_007 + self.current_epoch
+        self.augment.reseed(seed)
+
+    # ---------------------------------------------------------------------------- steps
+    def _loss_acc(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.optim.label_smoothing)
+        acc = (logits.argmax(dim=1) == y).float().mean()
+        return loss, acc
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, acc = self._loss_acc(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/accuracy", acc, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, acc = self._loss_acc(batch)
+        n = batch[1].shape[0]
+        self.log("val/loss", loss, batch_size=n, sync_dist=True)
+        self.log("val/accuracy", acc, batch_size=n, sync_dist=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0):
+        loss, acc = self._loss_acc(batch)
+        split = self.eval_split_names[dataloader_idx] if self.eval_split_names else "test"
+        n = batch[1].shape[0]
+        kw = {"batch_size": n, "sync_dist": True, "add_dataloader_idx": False}
+        self.log(f"{split}/loss", loss, **kw)
+        self.log(f"{split}/accuracy", acc, **kw)
+
+    # ------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        o = self.cfg.optim
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if p.requires_grad:
+                # Biases and norm scales are not weight-decayed (standard for CNN training).
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": o.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if o.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+        else:
+            opt = torch.optim.AdamW(groups, lr=o.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        if o.schedule == "onecycle":
+            sched: Any = torch.optim.lr_scheduler.OneCycleLR(
+                opt,
+                max_lr=o.lr,
+                total_steps=total,
+                pct_start=max(0.01, min(0.9, o.warmup_epochs * steps_per_epoch / total or 0.25)),
+            )
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o, total, steps_per_epoch))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
