@@ -118,7 +118,7 @@ class AugmentConfig:
     """Presets combine in order; each has one knob a sweep can vary."""
 
     presets: list[str] = field(default_factory=list)
-    max_shift_px: int = 4  # translate
+    max_shift_px: int = 4  # translate (exact); affine, heavy (bilinear)
     pad_fill: str = "zeros"  # translate: zeros | reflect | background
     subpixel_max_px: float = 2.0  # subpixel_translate
     scale: list[float] = field(default_factory=lambda: [0.8, 1.2])  # scale, affine
@@ -127,7 +127,7 @@ class AugmentConfig:
     jitter: float = 0.2  # heavy: colour jiggle strength
     erasing_p: float = 0.25  # heavy
     flip_p: float = 0.5  # flip
-    magnitude: int = 9  # randaugment / trivialaugment
+    magnitude: int = 9  # randaugment, 1..29 (trivialaugment draws it per image)
     num_ops: int = 2  # randaugment
     same_on_batch: bool = False
     ops: list[dict[str, Any]] = field(default_factory=list)  # [{name: RandomAffine, ...}]
@@ -191,6 +191,7 @@ class WandbConfig:
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     log_model: bool = False  # online only: upload checkpoints as artifacts
+    init_timeout: float = 30.0  # seconds to reach the server before falling back to offline
 
 
 @dataclass
@@ -227,6 +228,17 @@ class Config:
 # kornia op names) when they build.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": (
+        "shapes",
+        "digits",
+        "mnist",
+        "fashion_mnist",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "stl10",
+        "folder",
+    ),
+    "data.atypical_source": (
         "shapes",
         "digits",
         "mnist",

@@ -1,0 +1,28 @@
+"""Data: object sources, canvas rendering with placement distributions, the datamodule."""
+
+from train.data import digits, folder, shapes, torchvision_sources  # noqa: F401  (register sources)
+from train.data.datamodule import SPLITS, InvDataModule, SplitData, build_datamodule, center_crop
+from train.data.registry import (
+    ArrayPool,
+    ObjectPool,
+    Objects,
+    Source,
+    build_source,
+    list_sources,
+    register_source,
+)
+
+__all__ = [
+    "SPLITS",
+    "ArrayPool",
+    "InvDataModule",
+    "ObjectPool",
+    "Objects",
+    "Source",
+    "SplitData",
+    "build_datamodule",
+    "build_source",
+    "center_crop",
+    "list_sources",
+    "register_source",
+]

@@ -1,0 +1,98 @@
+"""The augmentation module: ops applied in order, seeded, per-sample, with no state-dict entries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import Tensor, nn
+
+from .base import SeededOp
+
+
+def strip_state(module: nn.Module) -> nn.Module:
+    """Turn every parameter and buffer under ``module`` into a non-persistent buffer.
+
+    Augmentations are not trained here, so a checkpoint must not depend on the policy: kornia's
+    auto policies register learnable probabilities/magnitudes (39 entries for RandAugment), which
+    would also reach the optimizer. Non-persistent buffers still follow ``.to(device)``.
+    """
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                del sub._parameters[name]
+                sub.register_buffer(name, param.detach(), persistent=False)
+        sub._non_persistent_buffers_set.update(sub._buffers)
+    return module
+
+
+@contextmanager
+def _seeded_global_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed torch's global RNG (CPU and ``device``) for the block, then restore its state."""
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            yield
+        return
+    mod = torch.get_device_module(device)
+    index = device.index if device.index is not None else getattr(mod, "current_device", int)()
+    select = mod.device(index) if hasattr(mod, "device") else nullcontext()
+    with torch.random.fork_rng(devices=[index], device_type=device.type), select:
+        torch.default_generator.manual_seed(seed)
+        mod.manual_seed(seed)
+        yield
+
+
+class Augmenter(nn.Module):
+    """Apply ``ops`` in order to a float batch [B, C, H, W] in [0, 1] on any device.
+
+    Seeding: a private CPU generator (``reseed``) draws one 63-bit seed per call. Our own ops draw
+    from a generator on the batch's device seeded with it; kornia ops, which sample from torch's
+    global RNG, run inside ``torch.random.fork_rng`` with the global RNG seeded from it, so their
+    draws are reproducible and the caller's global RNG state is left untouched. Until ``reseed``
+    is called the stream starts from ``torch.initial_seed()`` (set by ``seed_everything``). Under
+    DDP each rank reseeds with its own seed (``cfg.seed * 1000 + global_rank``) and so draws
+    different parameters. Augments in train and eval mode alike (the caller decides when).
+    """
+
+    def __init__(self, ops: Sequence[nn.Module] = (), names: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(strip_state(op) for op in ops)
+        self.names = list(names)
+        self._seed_gen = torch.Generator()
+        self._device_gens: dict[torch.device, torch.Generator] = {}
+        self._rng_device = torch.device("cpu")
+        self.reseed(torch.initial_seed())
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation stream from ``seed`` (does not touch torch's global RNG)."""
+        self._seed_gen.manual_seed(int(seed) % 2**63)
+
+    def get_rng_state(self) -> Tensor:
+        return self._seed_gen.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        self._seed_gen.set_state(state)
+
+    def _device_gen(self, device: torch.device, seed: int) -> torch.Generator:
+        gen = self._device_gens.get(device)
+        if gen is None:
+            gen = self._device_gens[device] = torch.Generator(device=device)
+        return gen.manual_seed(seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.ops:
+            return x
+        if self._rng_device != x.device:  # kornia samples on the device its module was moved to
+            self.to(x.device)
+            self._rng_device = x.device
+        seed = int(torch.randint(2**63 - 1, (1,), generator=self._seed_gen))
+        gen = self._device_gen(x.device, seed)
+        with _seeded_global_rng(x.device, seed):
+            for op in self.ops:
+                x = op(x, generator=gen) if isinstance(op, SeededOp) else op(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"presets/ops: {' + '.join(self.names) or 'none'}"

@@ -1,0 +1,108 @@
+"""Claim: rendering 10,000 training images of 32 px takes under 10 s on 2 CPU cores.
+
+Renders N images with ``train.data.render.render_split`` for each object source (procedural
+shapes, sklearn digits, and in-memory stand-ins with the layouts of MNIST strokes and CIFAR
+rectangles, so nothing is downloaded) and each background, and prints images/s, the time for
+10,000 images and the ratio to the fastest configuration. The median of ``--trials`` runs is
+reported; object loading is part of the timing (shapes are rasterised while rendering). Each
+configuration runs with 1 intra-op thread (the library's setting while rendering) and with all
+cores, side by side.
+
+    .venv/bin/python benchmarks/render_speed.py [--n 10000] [--trials 2] [--size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from train.config import PlacementConfig, load_config
+from train.data import ArrayPool, build_datamodule, build_source, render
+from train.data.colorize import stroke_objects
+from train.data.render import render_split
+
+
+def stand_in_pools(seed: int) -> dict[str, ArrayPool]:
+    """Random arrays with the shapes of MNIST (28 px strokes) and CIFAR (32 px RGB) pools."""
+    gen = torch.Generator().manual_seed(seed)
+    strokes = torch.randint(0, 256, (5000, 28, 28), generator=gen, dtype=torch.uint8)
+    images, masks = stroke_objects(strokes, seed)
+    labels = torch.randint(0, 10, (5000,), generator=gen)
+    rgb = torch.randint(0, 256, (5000, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    return {
+        "mnist-like": ArrayPool(images, labels, masks),
+        "cifar-like": ArrayPool(rgb, labels),
+    }
+
+
+def time_render(pool: ArrayPool, placement: PlacementConfig, args, object_px: float) -> float:
+    times = []
+    for _ in range(args.trials):
+        start = time.perf_counter()
+        render_split(
+            pool,
+            args.n,
+            split="train",
+            seed=0,
+            placement=placement,
+            canvas=args.size,
+            object_px=object_px,
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--size", type=int, default=32)
+    args = parser.parse_args()
+    threads = (1, os.cpu_count() or 1)
+
+    cfg = load_config(overrides=[f"data.image_size={args.size}"])
+    object_px = cfg.data.object_size * args.size
+    pools = {name: build_source(name, cfg.data, 0).train for name in ("shapes", "digits")}
+    pools.update(stand_in_pools(0))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}; {args.n} images of "
+        f"{args.size} px, median of {args.trials} trials, intra-op threads {threads[0]} "
+        f"(the library's RENDER_THREADS) vs {threads[1]}"
+    )
+    rows = []
+    for name, pool in pools.items():
+        for background in ("flat", "noise", "texture"):
+            placement = PlacementConfig(background=background)
+            per_threads = []
+            for t in threads:
+                render.RENDER_THREADS = t
+                per_threads.append(time_render(pool, placement, args, object_px))
+            rows.append((name, background, *per_threads))
+    best = min(r[2] for r in rows)
+    print(
+        f"{'source':11s} {'background':10s} {'img/s @1':>9s} {'s/10k @1':>9s} "
+        f"{f'img/s @{threads[1]}':>9s} {f't@{threads[1]}/t@1':>9s} {'x fastest':>9s}"
+    )
+    for name, background, t1, tn in rows:
+        print(
+            f"{name:11s} {background:10s} {args.n / t1:9.0f} {1e4 * t1 / args.n:9.2f} "
+            f"{args.n / tn:9.0f} {tn / t1:9.2f} {t1 / best:9.2f}"
+        )
+    render.RENDER_THREADS = threads[0]
+    start = time.perf_counter()
+    build_datamodule(cfg).setup()
+    n_all = sum(int(cfg.data[f"n_{s}"]) for s in ("train", "val", "typical", "atypical"))
+    print(
+        f"default datamodule setup (shapes, {n_all} images incl. held-out at "
+        f"{args.size + 2 * cfg.data.eval_margin_px} px): {time.perf_counter() - start:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

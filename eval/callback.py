@@ -1,0 +1,117 @@
+"""``InvarianceMonitor``: invariance evaluation during and at the end of training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+from lightning.pytorch.loggers import WandbLogger
+
+from eval.distributed import LightningGather
+from eval.report import scalars, write_json
+from eval.runner import SCALAR_METRICS, TRANSFORMS, evaluate
+
+
+class InvarianceMonitor(L.Callback):
+    """Evaluates the LightningModule (``forward`` takes float [0, 1] images) on held-out splits.
+
+    Runs every ``cfg_eval.every_n_epochs`` validation epochs (0: only at the end; never during the
+    sanity check) and once when training ends. Images are sharded across ranks and gathered, so
+    the report equals a single-process run. Logs ``invariance/<split>/<transform>/<metric>`` to
+    every logger, writes ``<out_dir>/reports/invariance_epoch<E>.json`` (and plots) on rank 0 and
+    keeps the last report in ``final_report``.
+    """
+
+    def __init__(self, cfg_eval: Any, image_size: int, out_dir: str | Path) -> None:
+        super().__init__()
+        self.cfg = cfg_eval
+        self.image_size = int(image_size)
+        self.out_dir = Path(out_dir)
+        self.final_report: dict[str, Any] | None = None
+        self._last_step: int | None = None
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out_dir / "reports"
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            raise RuntimeError("InvarianceMonitor needs the Trainer to be given a datamodule.")
+        report = evaluate(
+            pl_module,
+            datamodule,
+            self.cfg,
+            image_size=self.image_size,
+            device=pl_module.device,
+            progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
+            gather=LightningGather(pl_module),
+        )
+        epoch = trainer.current_epoch
+        report["epoch"] = epoch
+        report["global_step"] = trainer.global_step
+        self._last_step = trainer.global_step
+        self.final_report = report
+        if trainer.is_global_zero:
+            write_json(report, self.report_dir / f"invariance_epoch{epoch:03d}.json")
+        return report
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        every = int(self.cfg.every_n_epochs)
+        if trainer.sanity_checking or every <= 0 or (trainer.current_epoch + 1) % every:
+            return
+        report = self._run(trainer, pl_module)
+        for key, value in scalars(report).items():
+            pl_module.log(key, value, rank_zero_only=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # on_train_end runs before the strategy tears down, so the all-gather still works.
+        if self._last_step == trainer.global_step and self.final_report is not None:
+            report = self.final_report  # these weights were evaluated at the last validation
+        else:
+            report = self._run(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
+        values = scalars(report)
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                _log_wandb_curves(logger, report)
+            logger.save()
+        if self.cfg.plots:
+            from eval.plots import save_plots
+
+            save_plots(report, self.report_dir)
+
+
+def _log_wandb_curves(logger: WandbLogger, report: dict[str, Any]) -> None:
+    """Curves along the trajectories and against typicality as W&B tables and line plots."""
+    import wandb
+
+    payload: dict[str, Any] = {}
+    for split, block in report["splits"].items():
+        for tr in TRANSFORMS:
+            if tr not in block:
+                continue
+            curve = block[tr]
+            xs = curve["scales"] if tr == "scale" else list(range(len(curve["accuracy_by_view"])))
+            cos = curve.get("feature_cosine_by_view") or [None] * len(xs)
+            rows = [[x, a, c] for x, a, c in zip(xs, curve["accuracy_by_view"], cos, strict=True)]
+            table = wandb.Table(columns=["view", "accuracy", "feature_cosine"], data=rows)
+            payload[f"invariance/{split}/{tr}/curve"] = table
+            payload[f"invariance/{split}/{tr}/accuracy_by_view"] = wandb.plot.line(
+                table, "view", "accuracy", title=f"{split} {tr}: accuracy along the trajectory"
+            )
+    typ = report.get("typicality")
+    if typ:
+        curve = typ["curve"]
+        columns = ["bin", "score", "accuracy"]
+        columns += [f"{tr}/{m}" for tr in TRANSFORMS if tr in curve for m in SCALAR_METRICS]
+        rows = []
+        for i in range(len(curve["score"])):
+            row = [i + 1, curve["score"][i], curve["accuracy"][i]]
+            row += [curve[tr][m][i] for tr in TRANSFORMS if tr in curve for m in SCALAR_METRICS]
+            rows.append(row)
+        payload["invariance/typicality/curve"] = wandb.Table(columns=columns, data=rows)
+    logger.experiment.log(payload)

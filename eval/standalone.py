@@ -1,0 +1,92 @@
+"""Evaluate a saved model (our Lightning checkpoint or timm/torchvision weights) without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.report import write_json
+from eval.runner import evaluate
+from train.config import ConfigError
+
+
+def default_device() -> torch.device:
+    """The machine's accelerator when there is one (whatever its type), else the CPU."""
+    if torch.accelerator.is_available():
+        return torch.accelerator.current_accelerator()
+    return torch.device("cpu")
+
+
+def _lightning_state(checkpoint: Path) -> tuple[dict[str, Any], int | None] | None:
+    """``(state_dict, num_classes)`` if ``checkpoint`` is one of our Lightning checkpoints."""
+    if checkpoint.suffix == ".safetensors":
+        return None
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch pickle (or not weights-only): leave it to load_weights
+        return None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state or not all(k.startswith("net.") for k in state):
+        return None
+    hparams = ckpt.get("hyper_parameters") or {}
+    num_classes = hparams.get("num_classes") if isinstance(hparams, dict) else None
+    return state, num_classes
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    cfg: Any,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Build the model of ``cfg`` from ``checkpoint``, evaluate it, write the report and plots.
+
+    A Lightning checkpoint of ours (``state_dict`` keys ``net.*``) loads strictly into
+    ``train.module.Classifier``; any other file is loaded into its ``net`` by
+    ``models.load_weights`` (timm/torchvision weights for ``cfg.model.name``). Writes
+    ``<out_dir>/invariance.json`` and the figures; returns the report.
+    """
+    import models
+    from train.data import build_datamodule
+    from train.module import Classifier
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint '{path}' does not exist.")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    loaded = _lightning_state(path)
+    if loaded is not None:
+        state, num_classes = loaded
+        if num_classes is not None and int(num_classes) != dm.num_classes:
+            raise ConfigError(
+                f"Checkpoint '{path}' has {num_classes} classes but data.source="
+                f"{cfg.data.source!r} has {dm.num_classes}; evaluate it on a source with the "
+                f"same classes."
+            )
+        clf = Classifier(cfg, num_classes=dm.num_classes)
+        clf.load_state_dict(state, strict=True)
+    else:
+        clf = Classifier(cfg, num_classes=dm.num_classes)
+        models.load_weights(clf.net, path)
+
+    report = evaluate(
+        clf,
+        dm,
+        cfg.eval,
+        image_size=int(cfg.data.image_size),
+        device=device if device is not None else default_device(),
+        progress=progress,
+    )
+    report["checkpoint"] = str(path)
+    out = Path(out_dir)
+    write_json(report, out / "invariance.json")
+    if cfg.eval.plots:
+        from eval.plots import save_plots
+
+        save_plots(report, out)
+    return report

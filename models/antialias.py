@@ -1,0 +1,245 @@
+"""Antialias any CNN in place by Zhang's rules (Zhang, "Making Convolutional Networks
+Shift-Invariant Again", ICML 2019), or make it exactly circular-shift invariant with adaptive
+polyphase sampling (Chaman & Dokmanic, 2021).
+
+Rules (``s`` = stride > 1):
+
+- strided ``Conv2d``            -> the same conv at stride 1, then ``BlurDownsample(s)``;
+  strided 1x1 shortcut convs of residual blocks included. Zhang blurs after the conv's
+  norm + ReLU (ConvBlurPool); blurring right after the conv is simpler (one module, no knowledge
+  of the block's ordering) and keeps the output size.
+- ``MaxPool2d(k, s)``           -> ``MaxPool2d(k, 1)``, then ``BlurDownsample(s)`` (MaxBlurPool).
+- ``AvgPool2d(k, s)``           -> ``BlurDownsample(s)`` (the binomial filter replaces the box).
+
+``method="aps"`` replaces each subsampling by a stride-1 blur (circular padding; none when
+``filt_size=1``) and :class:`~models.polyphase.PolyphaseDownsample`.
+
+State-dict keys do not change: a strided conv or max-pool keeps its identity and parameters, only
+its class gains a ``downsample`` child and its stride becomes 1 (the child holds non-persistent
+buffers only); an average pool has no state and is replaced. A baseline checkpoint therefore
+loads with ``strict=True`` into its antialiased version. Output sizes equal the baseline's.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+from torch import nn
+
+from .blur import BlurDownsample
+from .polyphase import PolyphaseDownsample
+
+METHODS = ("none", "blur", "maxblur", "aps")
+
+
+class DownsampleAfter:
+    """Mixin for a layer rewritten to stride 1: its output goes through ``self.downsample``."""
+
+    downsample: nn.Module
+
+    def forward(self, *args, **kwargs):
+        return self.downsample(super().forward(*args, **kwargs))  # type: ignore[misc]
+
+
+class AntialiasedConv2d(DownsampleAfter, nn.Conv2d):
+    """``nn.Conv2d`` at stride 1 followed by its ``downsample`` child."""
+
+
+class AntialiasedMaxPool2d(DownsampleAfter, nn.MaxPool2d):
+    """``nn.MaxPool2d`` at stride 1 followed by its ``downsample`` child."""
+
+
+_NAMED = {nn.Conv2d: AntialiasedConv2d, nn.MaxPool2d: AntialiasedMaxPool2d}
+
+
+@cache
+def _antialiased_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """The stride-1-then-downsample variant of a layer class (made once per subclass, e.g.
+    timm's ``Conv2dSame``)."""
+    if cls in _NAMED:
+        return _NAMED[cls]
+    return type(f"Antialiased{cls.__name__}", (DownsampleAfter, cls), {})
+
+
+def _stride(module: nn.Module) -> int:
+    stride = module.stride
+    if isinstance(stride, tuple | list):
+        return int(max(stride))
+    return int(stride if stride is not None else module.kernel_size)  # AvgPool2d(stride=None)
+
+
+def is_downsampling(module: nn.Module) -> bool:
+    """A conv / max-pool / avg-pool with an equal stride > 1 along both axes that has not been
+    antialiased yet (anisotropic strides are left alone)."""
+    if isinstance(module, DownsampleAfter):
+        return False
+    if isinstance(module, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+        stride = module.stride if module.stride is not None else module.kernel_size
+        if isinstance(stride, tuple | list) and len(set(stride)) > 1:
+            return False
+        return _stride(module) > 1
+    return False
+
+
+def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    return "maxpool" if isinstance(module, nn.MaxPool2d) else "avgpool"
+
+
+def describe_layer(module: nn.Module) -> str:
+    """Compact description, e.g. ``Conv2d(64->128, k3, s2)``."""
+    k = module.kernel_size
+    k = k[0] if isinstance(k, tuple) else k
+    name = type(module).__name__
+    if isinstance(module, nn.Conv2d):
+        groups = f", groups={module.groups}" if module.groups > 1 else ""
+        return (
+            f"{name}({module.in_channels}->{module.out_channels}, k{k}, s{_stride(module)}{groups})"
+        )
+    return f"{name}(k{k}, s{_stride(module)})"
+
+
+def _downsampler(method: str, stride: int, filt_size: int, pad_mode: str) -> nn.Module:
+    if method == "aps":
+        if filt_size == 1:
+            return PolyphaseDownsample(stride)
+        return nn.Sequential(BlurDownsample(1, filt_size, "circular"), PolyphaseDownsample(stride))
+    return BlurDownsample(stride, filt_size, pad_mode)
+
+
+def _rewrite_text(kind: str, method: str, stride: int, filt_size: int, pad_mode: str) -> str:
+    if method == "aps":
+        blur = f"Blur(k{filt_size}, s1, circular) + " if filt_size > 1 else ""
+        down = f"{blur}APS(s{stride})"
+    else:
+        down = f"Blur(k{filt_size}, s{stride}, {pad_mode})"
+    if kind == "avgpool":
+        return down
+    return f"{'Conv2d' if kind == 'conv' else 'MaxPool2d'}(s1) + {down}"
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if name and is_downsampling(m)]
+
+
+def _probe_input_sizes(
+    model: nn.Module, modules: list[tuple[str, nn.Module]], input_size: int
+) -> dict[str, int]:
+    """Spatial input size of each module in one dry forward pass (eval mode, no grad)."""
+    sizes: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            sizes.setdefault(name, args[0].shape[-2] * args[0].shape[-1])
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in modules]
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    in_chans = first.in_channels if first is not None else 3
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else None
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, input_size, input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+def _skipped(model: nn.Module, modules: list[tuple[str, nn.Module]], input_size: int) -> set[str]:
+    """Names of the downsampling layers that see the highest resolution (skip_first)."""
+    if not modules:
+        return set()
+    sizes = _probe_input_sizes(model, modules, input_size)
+    if not sizes:
+        return {modules[0][0]}
+    top = max(sizes.values())
+    return {name for name, size in sizes.items() if size == top}
+
+
+def _check(method: str, filt_size: int, pad_mode: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"antialias method must be one of {METHODS}, got {method!r}.")
+    if not 1 <= filt_size <= 7:
+        raise ValueError(f"filt_size must be in 1..7, got {filt_size}.")
+    BlurDownsample(1, 1, pad_mode)  # validates pad_mode
+
+
+def antialias_plan(
+    model: nn.Module,
+    method: str = "blur",
+    filt_size: int = 4,
+    pad_mode: str = "reflect",
+    skip_first: bool = False,
+    input_size: int = 32,
+) -> list[tuple[str, str, str]]:
+    """Dry run of :func:`antialias`: ``(module path, current layer, rewrite)`` per downsampling
+    layer, in module order. Layers kept by ``skip_first`` have the rewrite ``"kept (skip_first)"``.
+    """
+    _check(method, filt_size, pad_mode)
+    modules = _candidates(model)
+    skipped = _skipped(model, modules, input_size) if skip_first else set()
+    plan = []
+    for name, m in modules:
+        if name in skipped:
+            rewrite = "kept (skip_first)"
+        elif method == "none":
+            rewrite = "kept"
+        else:
+            rewrite = _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode)
+        plan.append((name, describe_layer(m), rewrite))
+    return plan
+
+
+def antialias(
+    model: nn.Module,
+    method: str = "blur",
+    filt_size: int = 4,
+    pad_mode: str = "reflect",
+    skip_first: bool = False,
+    input_size: int = 32,
+) -> nn.Module:
+    """Rewrite every strided conv / max-pool / avg-pool of ``model`` in place; returns ``model``.
+
+    Args:
+        method: ``blur`` (Zhang's BlurPool), ``maxblur`` (same rules; kornia's name for the
+            max-pool rewrite ``MaxPool(k, 1) -> blur-downsample``), ``aps`` (adaptive polyphase
+            sampling, optional stride-1 blur first) or ``none`` (no change).
+        filt_size: binomial filter size 1-7 (1 = no blur).
+        pad_mode: padding of the blur: ``reflect`` (Zhang), ``replicate``, ``circular``, ``zeros``.
+            ``aps`` always pads its blur circularly. APS makes a network exactly invariant to
+            circular shifts of its input only if every subsampling is APS, every conv and pool
+            pads circularly (built-in CNN: ``padding_mode="circular"``), the head pools
+            globally (``head="gap"``) and BatchNorm is in eval mode.
+        skip_first: leave the downsampling layer(s) at the highest resolution alone (found with
+            one dry forward pass of an ``input_size`` image; parallel branches such as a residual
+            block's conv and its 1x1 shortcut are both kept).
+    """
+    _check(method, filt_size, pad_mode)
+    if method == "none":
+        return model
+    modules = _candidates(model)
+    skipped = _skipped(model, modules, input_size) if skip_first else set()
+    param = next(model.parameters(), None)
+    for name, m in modules:
+        if name in skipped:
+            continue
+        down = _downsampler(method, _stride(m), filt_size, pad_mode)
+        if param is not None:
+            down = down.to(device=param.device)
+        if isinstance(m, nn.AvgPool2d):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, down)
+            continue
+        m.__class__ = _antialiased_class(type(m))
+        m.stride = (1, 1) if isinstance(m, nn.Conv2d) else 1
+        m.downsample = down
+    return model

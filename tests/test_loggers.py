@@ -1,0 +1,53 @@
+"""W&B modes: auto resolves by credentials; offline writes a local run; online falls back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_config
+from train.loggers import build_loggers, resolve_wandb_mode
+
+
+@pytest.fixture
+def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+
+
+def test_auto_mode_follows_credentials(no_credentials, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_wandb_mode("auto") == "offline"
+    assert resolve_wandb_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_wandb_mode("auto") == "online"
+
+
+def _finish(loggers) -> None:
+    for logger in loggers:
+        if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
+            logger.experiment.finish()
+
+
+def test_offline_run_is_written_locally(no_credentials, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "logger.wandb.mode=offline")
+    loggers, notes = build_loggers(cfg, tmp_path / "run")
+    assert [type(x).__name__ for x in loggers] == ["CSVLogger", "WandbLogger"]
+    loggers[1].log_metrics({"x": 1.0})
+    _finish(loggers)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert any("wandb sync" in n for n in notes)
+
+
+def test_unreachable_online_falls_back_to_offline(
+    no_credentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    cfg = tiny_config(tmp_path, "logger.wandb.mode=online", "logger.wandb.init_timeout=2")
+    with pytest.warns(UserWarning, match="logging offline"):
+        loggers, notes = build_loggers(cfg, tmp_path / "run")
+    _finish(loggers)
+    assert any("could not reach" in n for n in notes)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))

@@ -1,0 +1,137 @@
+"""Object sources: a registry of loaders, each giving a train pool and a held-out pool.
+
+A source is one function ``loader(cfg: DataConfig, seed: int) -> Source`` registered with
+:func:`register_source`. Pools hand out :class:`Objects` (images, optional alpha masks, labels)
+by instance index; the train and held-out pools of a source never share an instance.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from train.config import ConfigError, DataConfig
+
+__all__ = [
+    "ArrayPool",
+    "ObjectPool",
+    "Objects",
+    "Source",
+    "build_source",
+    "list_sources",
+    "register_source",
+]
+
+
+@dataclass
+class Objects:
+    """A batch of source objects.
+
+    images: uint8 [N, 3, h, w]; masks: uint8 [N, 1, h, w] alpha (255 = opaque) or None for an
+    opaque rectangle; labels: int64 [N]; indices: int64 [N], the instances' indices in their pool.
+    """
+
+    images: Tensor
+    masks: Tensor | None
+    labels: Tensor
+    indices: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class ObjectPool:
+    """Instances addressable by index. Subclasses implement ``__len__`` and ``take``."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def take(self, indices: np.ndarray, size: int) -> Objects:
+        """The instances at ``indices``; ``size`` is the raster size the renderer will use
+        (procedural pools draw at it, stored ones may ignore it)."""
+        raise NotImplementedError
+
+    def instances(self, positions: np.ndarray, seed: int) -> np.ndarray:
+        """Instance indices for draw positions: a seeded permutation of the pool, cycled."""
+        perm = np.random.default_rng([seed, 0x1A5]).permutation(len(self))
+        return perm[np.asarray(positions) % len(self)]
+
+
+class ArrayPool(ObjectPool):
+    """A pool held in memory as uint8 arrays (every stored dataset).
+
+    ``source_indices`` [N]: each instance's index in the whole source (reported in
+    ``Objects.indices``); default: its index in the pool.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
+        source_indices: Tensor | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"images must be uint8 [N, 1|3, h, w], got {images.dtype} {tuple(images.shape)}"
+            )
+        self.images = images
+        self.labels = labels.long()
+        self.masks = masks
+        self.source_indices = source_indices
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, indices: np.ndarray, size: int) -> Objects:
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        images = self.images[idx]
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        masks = None if self.masks is None else self.masks[idx]
+        provenance = idx if self.source_indices is None else self.source_indices[idx]
+        return Objects(images.contiguous(), masks, self.labels[idx], provenance)
+
+
+@dataclass
+class Source:
+    name: str
+    class_names: list[str]
+    train: ObjectPool
+    heldout: ObjectPool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+SourceLoader = Callable[[DataConfig, int], Source]
+_SOURCES: dict[str, SourceLoader] = {}
+
+
+def register_source(name: str) -> Callable[[SourceLoader], SourceLoader]:
+    def deco(fn: SourceLoader) -> SourceLoader:
+        _SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+def list_sources() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def build_source(name: str, cfg: DataConfig, seed: int) -> Source:
+    """Load a registered source by name (``data.source`` / ``data.atypical_source``)."""
+    if name not in _SOURCES:
+        close = difflib.get_close_matches(name, list(_SOURCES), n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"Unknown data source {name!r}.{hint} Choose one of: {', '.join(list_sources())}."
+        )
+    return _SOURCES[name](cfg, seed)
