@@ -119,13 +119,15 @@ def cmd_show_augment(ns: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one parser per subcommand."""
     parser = argparse.ArgumentParser(
         prog="invlab",
         description="Train CNN ablations and measure their shift/scale invariance on typical "
         "vs atypical images.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
     cfg_help = "YAML config files and key=value overrides, in any order (later wins)"
 
     p = sub.add_parser("fit", help="train a model; writes runs/<name>/")
@@ -133,33 +135,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
     p.set_defaults(func=cmd_fit)
+    commands["fit"] = p
 
     p = sub.add_parser("config", help="print the resolved config with every default")
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
     p.set_defaults(func=cmd_config)
+    commands["config"] = p
 
     p = sub.add_parser("eval", help="invariance evaluation of a checkpoint or weights file")
     p.add_argument("checkpoint", help=".ckpt from `invlab fit`, or a weights file")
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
     p.add_argument("--out", help="output directory (default: the run's reports/)")
     p.set_defaults(func=cmd_eval)
+    commands["eval"] = p
 
     p = sub.add_parser("models", help="list models, or what antialias() rewrites in one")
     p.add_argument("name", nargs="?", help="e.g. cnn, timm:resnet18, tv:resnet18")
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
     p.set_defaults(func=cmd_models)
+    commands["models"] = p
 
     p = sub.add_parser("show-augment", help="save a grid of original vs augmented samples")
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
     p.add_argument("--out", default="augment_samples.png", help="PNG path")
     p.add_argument("-n", type=int, default=8, help="number of images")
     p.set_defaults(func=cmd_show_augment)
-    return parser
+    commands["show-augment"] = p
+    return parser, commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    parser, commands = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in commands:
+        parser.parse_args(argv)  # help, or the usage error for an unknown command
+    # Flags may come anywhere among CONFIG and key=value arguments.
+    ns = commands[argv[0]].parse_intermixed_args(argv[1:])
+    ns.command = argv[0]
     try:
         return ns.func(ns)
     except ConfigError as err:

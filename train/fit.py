@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 
 from train.config import Config, ConfigError, save_config, to_container
 from train.data import build_datamodule
@@ -141,7 +142,10 @@ def fit(
     if trainer.is_global_zero:
         _augment_samples(model, dm, run_dir, loggers)
     with warnings.catch_warnings():
+        # Expected here: uint8 batches move to the device, then the module augments them.
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer`.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning internals on new torch
         trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
         splits = [s for s in EVAL_SPLITS if len(dm.split(s).labels) > 0]
@@ -158,6 +162,7 @@ def fit(
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "num_classes": dm.num_classes,
+        "config": to_container(cfg),  # results keep the config that produced them
     }
     if monitor is not None and monitor.final_report is not None:
         metrics["invariance"] = monitor.final_report
@@ -170,4 +175,6 @@ def fit(
                 {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()}
             )
             logger.finalize("success")
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
     return FitResult(run_dir, metrics, last, best, notes)

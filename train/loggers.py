@@ -48,7 +48,9 @@ def _init_wandb(cfg: Config, run_dir: Path, mode: str) -> tuple[Any, list[str]]:
     notes: list[str] = []
     if mode == "online":
         try:
-            run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=w.init_timeout), **kwargs)
+            run = wandb.init(
+                mode="online", settings=wandb.Settings(init_timeout=w.init_timeout), **kwargs
+            )
             return run, notes
         except Exception as err:  # any failure to reach the server: keep training, offline
             msg = f"W&B could not reach the server ({type(err).__name__}: {err}); logging offline."
