@@ -51,9 +51,9 @@ class Augmenter(nn.Module):
     from a generator on the batch's device seeded with it; kornia ops, which sample from torch's
     global RNG, run inside ``torch.random.fork_rng`` with the global RNG seeded from it, so their
     draws are reproducible and the caller's global RNG state is left untouched. Until ``reseed``
-    is called the stream starts from ``torch.initial_seed()`` (set by ``seed_everything``). Under
-    DDP each rank reseeds with its own seed (``cfg.seed * 1000 + global_rank``) and so draws
-    different parameters. Augments in train and eval mode alike (the caller decides when).
+    is called the stream starts from ``torch.initial_seed()`` (set by ``seed_everything``). The
+    Classifier reseeds at every epoch from (seed, global rank, epoch): under DDP each rank draws
+    different parameters, and a run resumed at an epoch boundary draws the same ones. Augments in train and eval mode alike (the caller decides when).
     """
 
     def __init__(self, ops: Sequence[nn.Module] = (), names: Sequence[str] = ()) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,24 @@ class InvarianceMonitor(L.Callback):
         self.cfg = cfg_eval
         self.image_size = int(image_size)
         self.out_dir = Path(out_dir)
-        self.final_report: dict[str, Any] | None = None
+        self._report: dict[str, Any] | None = None
         self._last_step: int | None = None
+        self._created = time.time()
+
+    @property
+    def final_report(self) -> dict[str, Any] | None:
+        """The last report. After ``strategy="ddp_spawn"`` the evaluations ran in worker
+        processes: the main process reads back the newest report rank 0 wrote since this
+        callback was created."""
+        if self._report is None:
+            written = [
+                p
+                for p in self.report_dir.glob("invariance_epoch*.json")
+                if p.stat().st_mtime >= self._created
+            ]
+            if written:
+                return json.loads(max(written).read_text())
+        return self._report
 
     @property
     def report_dir(self) -> Path:
@@ -52,7 +70,7 @@ class InvarianceMonitor(L.Callback):
         report["epoch"] = epoch
         report["global_step"] = trainer.global_step
         self._last_step = trainer.global_step
-        self.final_report = report
+        self._report = report
         if trainer.is_global_zero:
             write_json(report, self.report_dir / f"invariance_epoch{epoch:03d}.json")
         return report
@@ -67,8 +85,8 @@ class InvarianceMonitor(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # on_train_end runs before the strategy tears down, so the all-gather still works.
-        if self._last_step == trainer.global_step and self.final_report is not None:
-            report = self.final_report  # these weights were evaluated at the last validation
+        if self._last_step == trainer.global_step and self._report is not None:
+            report = self._report  # these weights were evaluated at the last validation
         else:
             report = self._run(trainer, pl_module)
         if not trainer.is_global_zero:

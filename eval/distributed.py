@@ -4,7 +4,8 @@ Rank ``r`` of ``world`` evaluates images ``r::world``. A *gather* is a callable 
 rank's per-image tensor ``[n_r, ...]`` and returns every rank's tensors concatenated in rank
 order; it exposes ``rank`` and ``world_size`` (plain callables fall back to ``torch.distributed``).
 Per-image values are gathered before any averaging or bootstrap, so the numbers equal a
-single-process run.
+single-process run: :func:`gather_values` packs all of a rank's values with their original image
+indices into one tensor (one collective per split) and puts every row back at its index.
 """
 
 from __future__ import annotations
@@ -41,6 +42,34 @@ def gather_in_order(values: Tensor, gather: GatherFn, n: int, world: int) -> Ten
         raise RuntimeError(f"gather returned {gathered.shape[0]} rows for {n} images.")
     out = torch.empty_like(gathered)
     out[order] = gathered
+    return out
+
+
+def gather_values(values: dict[str, Tensor], index: Tensor, gather: GatherFn, n: int) -> dict:
+    """All-gather per-image ``values`` (each ``[n_r, ...]``) of the images ``index`` ``[n_r]``.
+
+    Returns every key as ``[n, ...]`` in original image order, whatever order the gather
+    concatenates ranks in. Values travel as float64, exact for float32 and integer values.
+    """
+    keys = list(values)
+    flat = [values[k].reshape(len(index), -1) for k in keys]
+    packed = torch.cat(
+        [index.to(flat[0].device, torch.float64)[:, None]] + [f.double() for f in flat], 1
+    )
+    gathered = gather(packed).cpu()
+    order = gathered[:, 0].long()
+    if gathered.shape[0] != n or not torch.equal(order.sort().values, torch.arange(n)):
+        raise RuntimeError(
+            f"gather returned rows for images {order.tolist()}, expected each of 0..{n - 1} once."
+        )
+    rows = torch.empty_like(gathered[:, 1:])
+    rows[order] = gathered[:, 1:]
+    out, start = {}, 0
+    for key, f in zip(keys, flat, strict=True):
+        width = f.shape[1]
+        block = rows[:, start : start + width].to(values[key].dtype)
+        out[key] = block.reshape(n, *values[key].shape[1:])
+        start += width
     return out
 
 

@@ -2,7 +2,9 @@
 
 For each chunk of images every view (the central crop, the translation trajectory, a random
 offset pair per image, the scale trajectory) goes through the model in one batch; per-image
-values are gathered across ranks, then averaged with bootstrap confidence intervals. The report
+values are gathered across ranks, then averaged with bootstrap confidence intervals. Scale views
+are re-renderings of the same scene at each scale (``eval.scale_protocol=render``, rendered once
+per split) when the data is a rendering datamodule, otherwise the embed protocol. The report
 follows DESIGN.md: ``splits.<split>.<transform>.<metric> = {"mean", "ci": [lo, hi]}`` plus curves,
 ``protocol`` (every parameter used) and ``typicality`` (when enabled).
 """
@@ -19,15 +21,17 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from eval import metrics, typicality
-from eval.distributed import GatherFn, gather_in_order, rank_and_world, shard_indices
+from eval.distributed import GatherFn, gather_values, rank_and_world, shard_indices
 from eval.typicality import PenultimateFeatures
 from eval.views import (
     FILLS,
     PAD_MODES,
     PROTOCOLS,
+    SCALE_PROTOCOLS,
     TRAJECTORIES,
     center_crop,
     random_pair_offsets,
+    rendered_scale_views,
     scale_views,
     to_float,
     trajectory,
@@ -54,6 +58,7 @@ class EvalPlan:
     fill: str
     embed_size: float
     scales: tuple[float, ...]
+    scale_protocol: str  # requested; ``render`` falls back to ``embed`` (see ``renders_scales``)
     seed: int
 
     @property
@@ -110,6 +115,7 @@ def make_plan(cfg_eval: Any, image_size: int) -> EvalPlan:
         fill=_choice("fill", cfg_eval.fill, FILLS),
         embed_size=float(cfg_eval.embed_size),
         scales=scales,
+        scale_protocol=_choice("scale_protocol", cfg_eval.scale_protocol, SCALE_PROTOCOLS),
         seed=int(cfg_eval.seed),
     )
 
@@ -129,6 +135,14 @@ def _get_split(data: Any, name: str) -> tuple[Tensor, Tensor]:
             raise KeyError(f"Split {name!r} is missing; available: {', '.join(map(str, data))}.")
         return _as_pair(data[name], name)
     return _as_pair(data.split(name), name)  # a datamodule that has been set up
+
+
+def renders_scales(data: Any) -> bool:
+    """True for a datamodule that can re-render its objects at other scales (``data.render``)."""
+    cfg_data = getattr(getattr(data, "cfg", None), "data", None)
+    return callable(getattr(data, "render_scales", None)) and bool(
+        getattr(cfg_data, "render", False)
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -185,19 +199,33 @@ class _SplitEvaluator:
         self.chunk = max(1, batch_size // self.views_per_image)
 
     def run(
-        self, images: Tensor, labels: Tensor, pairs: Tensor, scale_pairs: Tensor, bar: Any
+        self,
+        images: Tensor,
+        labels: Tensor,
+        pairs: Tensor,
+        scale_pairs: Tensor,
+        bar: Any,
+        scale_renders: Tensor | None = None,
     ) -> dict[str, Tensor]:
+        """Per-image values of ``images``; ``scale_renders`` [n, T, 3, H, W] are re-rendered
+        scale views (None: the embed protocol builds them from ``images``)."""
         parts: dict[str, list[Tensor]] = {}
         for start in range(0, images.shape[0], self.chunk):
             sl = slice(start, start + self.chunk)
-            values = self._chunk(images[sl], labels[sl], pairs[sl], scale_pairs[sl])
+            renders = scale_renders[sl] if scale_renders is not None else None
+            values = self._chunk(images[sl], labels[sl], pairs[sl], scale_pairs[sl], renders)
             for key, v in values.items():
                 parts.setdefault(key, []).append(v.cpu())
             bar.update(images[sl].shape[0])
         return {key: torch.cat(v) for key, v in parts.items()}
 
     def _chunk(
-        self, images: Tensor, labels: Tensor, pairs: Tensor, scale_pairs: Tensor
+        self,
+        images: Tensor,
+        labels: Tensor,
+        pairs: Tensor,
+        scale_pairs: Tensor,
+        scale_renders: Tensor | None,
     ) -> dict[str, Tensor]:
         plan, x = self.plan, images.to(self.device, non_blocking=True)
         y = labels.to(self.device)
@@ -213,7 +241,10 @@ class _SplitEvaluator:
             )
             views.append(translate_views(x, plan.offsets, **kw))
             views.append(translate_views(x, pairs, **kw))
-        if "scale" in plan.transforms:
+        if "scale" in plan.transforms and scale_renders is not None:
+            renders = scale_renders.to(self.device, non_blocking=True)
+            views.append(rendered_scale_views(renders, plan.size))
+        elif "scale" in plan.transforms:
             views.append(
                 scale_views(
                     x, list(plan.scales), size=plan.size, embed_size=plan.embed_size, fill=plan.fill
@@ -347,6 +378,9 @@ def evaluate(
     ``train_images``: the typicality reference set (default: ``data``'s ``train`` split).
     ``gather``: all-gathers per-image tensors across ranks (see :mod:`eval.distributed`); rank
     ``r`` evaluates images ``r::world`` and the report equals a single-process run.
+    Scale views follow ``cfg_eval.scale_protocol``: ``render`` re-renders each split's first
+    ``n_images`` scenes at every scale when ``data`` is a datamodule with ``data.render`` true, and
+    falls back to ``embed`` otherwise; ``protocol.scale_protocol`` records the one used.
     """
     plan = make_plan(cfg_eval, image_size)
     rank, world = rank_and_world(gather)
@@ -358,6 +392,8 @@ def evaluate(
             f"{', '.join(typicality.METHODS)}."
         )
     splits = {name: _get_split(data, name) for name in cfg_eval.splits}
+    render = plan.scale_protocol == "render" and renders_scales(data)
+    scale_protocol = ("render" if render else "embed") if "scale" in plan.transforms else None
     original_device = _model_device(model)
     device = torch.device(device) if device is not None else original_device
     was_training = model.training
@@ -410,11 +446,14 @@ def evaluate(
                     if plan.protocol in ("crop", "subpixel") and "translate" in plan.transforms:
                         margin = (images.shape[-1] - plan.size) // 2
                         padding[name] = 0 if margin > 0 else math.ceil(plan.max_shift)
-                    values = runner.run(images[idx], labels[idx], pairs[idx], scale_pairs[idx], bar)
+                    renders = None
+                    if scale_protocol == "render":  # every scale of the split, rendered once
+                        renders = data.render_scales(name, list(plan.scales), n)[idx]
+                    values = runner.run(
+                        images[idx], labels[idx], pairs[idx], scale_pairs[idx], bar, renders
+                    )
                     if sharded:
-                        values = {
-                            k: gather_in_order(v, gather, n, world) for k, v in values.items()
-                        }
+                        values = gather_values(values, idx, gather, n)
                     per_split[name] = values
     finally:
         model.train(was_training)
@@ -422,7 +461,7 @@ def evaluate(
 
     report: dict[str, Any] = {
         "splits": {s: _summary(v, plan, cfg_eval, curves=True) for s, v in per_split.items()},
-        "protocol": _protocol_block(plan, cfg_eval, counts, padding, world),
+        "protocol": _protocol_block(plan, cfg_eval, counts, padding, world, scale_protocol),
     }
     if method != "none" and per_split:
         report["typicality"] = _typicality_report(per_split, plan, cfg_eval, n_reference)
@@ -430,8 +469,16 @@ def evaluate(
 
 
 def _protocol_block(
-    plan: EvalPlan, cfg_eval: Any, counts: dict[str, int], padding: dict[str, int], world: int
+    plan: EvalPlan,
+    cfg_eval: Any,
+    counts: dict[str, int],
+    padding: dict[str, int],
+    world: int,
+    scale_protocol: str | None,
 ) -> dict[str, Any]:
+    embeds = scale_protocol == "embed" or (
+        plan.protocol == "embed" and "translate" in plan.transforms
+    )
     return {
         "image_size": plan.size,
         "transforms": list(plan.transforms),
@@ -442,10 +489,12 @@ def _protocol_block(
         "offsets_convention": "(dy, dx): content moves down/right by dy/dx px",
         "pad_mode": plan.pad_mode if any(padding.values()) else None,
         "padding_px": padding,
-        "fill": plan.fill if plan.protocol == "embed" or "scale" in plan.transforms else None,
-        "inpaint": "edge replication" if plan.fill == "inpaint" else None,
-        "embed_size": plan.embed_size,
+        "fill": plan.fill if embeds else None,
+        "inpaint": "edge replication" if embeds and plan.fill == "inpaint" else None,
+        "embed_size": plan.embed_size if embeds else None,
         "scales": list(plan.scales),
+        "scale_protocol": scale_protocol,
+        "scale_protocol_requested": plan.scale_protocol,
         "consistency": "one pair of independent offsets (translate) or scales (scale) per image",
         "n_images": counts,
         "n_bootstrap": int(cfg_eval.n_bootstrap),

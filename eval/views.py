@@ -20,8 +20,14 @@ or ``eval.subpixel_step`` for ``subpixel``) from ``-max_shift`` to ``+max_shift`
 exhaustive 2-D ``grid`` (Lee et al.'s cosine maps). Consistency uses random pairs: two
 independent offsets per image (``random_pair_offsets``, seeded).
 
-Scale (``scale_views``): the central crop resized to ``round(s * embed_size * S)`` for each ``s``
-and pasted at the canvas centre with the same fill as ``embed``.
+Scale protocols:
+
+- ``render`` (``rendered_scale_views``): the datamodule re-renders the same instances, offsets and
+  backgrounds with the drawn object scale multiplied by each ``s`` (``render_scales``); the views
+  are the central crops, so ``s = 1`` is exactly the held-out image.
+- ``embed`` (``scale_views``): the central crop resized to ``round(s * embed_size * S)`` for each
+  ``s`` and pasted at the canvas centre with the same fill as the ``embed`` translation protocol
+  (for data that cannot be re-rendered; even ``s = 1`` differs from the test image).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from train.config import ConfigError
 PROTOCOLS = ("crop", "embed", "circular", "subpixel")
 TRAJECTORIES = ("diagonal", "horizontal", "vertical", "grid")
 FILLS = ("black", "mean", "inpaint")
+SCALE_PROTOCOLS = ("render", "embed")
 PAD_MODES = {"reflect": "reflect", "replicate": "replicate", "zeros": "constant"}
 
 
@@ -242,3 +249,8 @@ def scale_views(
         hi = size - e - lo
         views.append(_fill_canvas(_resize(base, e), (lo, hi, lo, hi), fill))
     return torch.stack(views, 1)
+
+
+def rendered_scale_views(renders: Tensor, size: int) -> Tensor:
+    """Float ``[N, T, C, size, size]``: central crops of re-rendered scale views ``[N, T, C, H, W]``."""
+    return to_float(center_crop(renders, size))

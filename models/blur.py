@@ -16,6 +16,15 @@ from torch import nn
 PAD_MODES = ("reflect", "replicate", "circular", "zeros")
 
 
+def circular_pad_tiled(x: torch.Tensor, padding: tuple[int, int, int, int]) -> torch.Tensor:
+    """Circular padding by any amount (``F.pad`` refuses padding larger than the map)."""
+    left, right, top, bottom = padding
+    h, w = x.shape[-2:]
+    ny, nx = -(-max(top, bottom) // h), -(-max(left, right) // w)
+    tiled = x.repeat(1, 1, 2 * ny + 1, 2 * nx + 1)
+    return tiled[..., ny * h - top : (ny + 1) * h + bottom, nx * w - left : (nx + 1) * w + right]
+
+
 class BlurDownsample(nn.Module):
     """Depthwise normalised binomial filter of size ``filt_size`` (1-7), then stride ``stride``.
 
@@ -41,7 +50,13 @@ class BlurDownsample(nn.Module):
         if self.filt_size == 1:
             return x[..., :: self.stride, :: self.stride]
         mode = "constant" if self.pad_mode == "zeros" else self.pad_mode
-        x = F.pad(x, self.padding, mode=mode)
+        h, w = x.shape[-2:]
+        if mode == "reflect" and min(h, w) <= self.padding[1]:
+            mode = "replicate"  # maps too small to reflect (e.g. 1x1 at the end of VGG at 32 px)
+        if mode == "circular" and min(h, w) <= self.padding[1]:
+            x = circular_pad_tiled(x, self.padding)  # F.pad wraps around at most once
+        else:
+            x = F.pad(x, self.padding, mode=mode)
         channels = x.shape[1]
         weight = self.filt.to(device=x.device, dtype=x.dtype).expand(channels, 1, -1, -1)
         return F.conv2d(x, weight, stride=self.stride, groups=channels)

@@ -60,6 +60,20 @@ def test_blur_downsample_matches_reference(k: int, pad_mode: str) -> None:
         torch.testing.assert_close(out, reference_blur(x, k, stride, pad_mode), atol=1e-5, rtol=0)
 
 
+def test_blur_reflect_falls_back_to_replicate_on_tiny_maps() -> None:
+    x = torch.randn(2, 3, 2, 2)
+    out = BlurDownsample(2, 5, "reflect")(x)
+    torch.testing.assert_close(out, reference_blur(x, 5, 2, "replicate"), atol=1e-5, rtol=0)
+    # circular padding wider than the map wraps around: a 1x1 map is a constant field
+    one = torch.randn(2, 3, 1, 1)
+    torch.testing.assert_close(BlurDownsample(1, 7, "circular")(one), one)
+    x3 = torch.randn(1, 1, 3, 3)
+    tiled = BlurDownsample(1, 7, "circular")(x3)
+    torch.testing.assert_close(
+        tiled, BlurDownsample(1, 7, "circular")(x3.repeat(1, 1, 3, 3))[..., 3:6, 3:6]
+    )
+
+
 def test_blur_filter_is_binomial_and_non_persistent() -> None:
     blur = BlurDownsample(2, 5)
     expected = torch.tensor([1.0, 4, 6, 4, 1]) / 16

@@ -175,6 +175,7 @@ class EvalConfig:
     fill: str = "black"  # embed: black | mean | inpaint
     embed_size: float = 0.75  # embed: image resized to this fraction of the input size
     scales: list[float] = field(default_factory=lambda: [0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15])
+    scale_protocol: str = "render"  # render (re-render the object; needs data.render) | embed
     n_bootstrap: int = 1000
     ci_level: float = 0.95
     seed: int = 0
@@ -264,6 +265,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.trajectory": ("diagonal", "horizontal", "vertical", "grid"),
     "eval.pad_mode": ("reflect", "replicate", "zeros"),
     "eval.fill": ("black", "mean", "inpaint"),
+    "eval.scale_protocol": ("render", "embed"),
     "eval.typicality.method": ("none", "pixels", "features"),
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
