@@ -11,7 +11,9 @@ Rules (``s`` = stride > 1):
 - ``MaxPool2d(k, s)``           -> ``MaxPool2d(k, 1)``, then ``BlurDownsample(s)`` (MaxBlurPool).
 - ``AvgPool2d(k, s)``           -> ``BlurDownsample(s)`` (the binomial filter replaces the box).
 
-``method="aps"`` replaces each subsampling by a stride-1 blur (circular padding; none when
+``method="maxblur"`` applies the two pooling rules only (kornia's ``MaxBlurPool2D`` for max-pools)
+and leaves strided convs alone: the "antialias the pools only" ablation. ``method="aps"``
+replaces each subsampling by a stride-1 blur (circular padding; none when
 ``filt_size=1``) and :class:`~models.polyphase.PolyphaseDownsample`.
 
 State-dict keys do not change: a strided conv or max-pool keeps its identity and parameters, only
@@ -124,6 +126,10 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if name and is_downsampling(m)]
 
 
+def _rewritten_by(method: str, module: nn.Module) -> bool:
+    return method != "none" and not (method == "maxblur" and isinstance(module, nn.Conv2d))
+
+
 def _probe_input_sizes(
     model: nn.Module, modules: list[tuple[str, nn.Module]], input_size: int
 ) -> dict[str, int]:
@@ -190,8 +196,8 @@ def antialias_plan(
     for name, m in modules:
         if name in skipped:
             rewrite = "kept (skip_first)"
-        elif method == "none":
-            rewrite = "kept"
+        elif not _rewritten_by(method, m):
+            rewrite = "kept" if method == "none" else f"kept ({method}: pools only)"
         else:
             rewrite = _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode)
         plan.append((name, describe_layer(m), rewrite))
@@ -209,8 +215,9 @@ def antialias(
     """Rewrite every strided conv / max-pool / avg-pool of ``model`` in place; returns ``model``.
 
     Args:
-        method: ``blur`` (Zhang's BlurPool), ``maxblur`` (same rules; kornia's name for the
-            max-pool rewrite ``MaxPool(k, 1) -> blur-downsample``), ``aps`` (adaptive polyphase
+        method: ``blur`` (Zhang's BlurPool), ``maxblur`` (the pooling rules only: max-pools
+            become ``MaxPool(k, 1) -> blur-downsample``, average pools the blur; strided convs
+            are kept), ``aps`` (adaptive polyphase
             sampling, optional stride-1 blur first) or ``none`` (no change).
         filt_size: binomial filter size 1-7 (1 = no blur).
         pad_mode: padding of the blur: ``reflect`` (Zhang), ``replicate``, ``circular``, ``zeros``.
@@ -229,7 +236,7 @@ def antialias(
     skipped = _skipped(model, modules, input_size) if skip_first else set()
     param = next(model.parameters(), None)
     for name, m in modules:
-        if name in skipped:
+        if name in skipped or not _rewritten_by(method, m):
             continue
         down = _downsampler(method, _stride(m), filt_size, pad_mode)
         if param is not None:

@@ -151,7 +151,7 @@ def _check_rewrite(base: nn.Module, method: str, x: torch.Tensor, **kw) -> nn.Mo
     return aa
 
 
-@pytest.mark.parametrize("method", ["blur", "maxblur", "aps"])
+@pytest.mark.parametrize("method", ["blur", "aps"])
 @pytest.mark.parametrize(("downsample", "kernel"), [("conv", 3), ("maxpool", 2), ("avgpool", 3)])
 def test_antialias_builtin_cnn(downsample: str, kernel: int, method: str) -> None:
     torch.manual_seed(0)
@@ -162,13 +162,18 @@ def test_antialias_builtin_cnn(downsample: str, kernel: int, method: str) -> Non
     assert "BlurDownsample" in kinds
 
 
-def test_maxblur_equals_blur_on_max_pools() -> None:
+def test_maxblur_rewrites_pools_only() -> None:
     torch.manual_seed(0)
-    base = _cnn("maxpool", down_kernel=3)
     x = torch.randn(2, 3, 32, 32)
-    a = models.antialias(copy.deepcopy(base), "blur", 4)
-    b = models.antialias(copy.deepcopy(base), "maxblur", 4)
-    torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)
+    pooled = _cnn("maxpool", down_kernel=3)
+    a = models.antialias(copy.deepcopy(pooled), "blur", 4)
+    b = models.antialias(copy.deepcopy(pooled), "maxblur", 4)
+    torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)  # MaxBlurPool on every max-pool
+    strided = _cnn("conv")
+    plan = models.antialias_plan(strided, "maxblur")
+    assert plan and all(r == "kept (maxblur: pools only)" for _, _, r in plan)
+    before = strided_layers(strided)
+    assert strided_layers(models.antialias(strided, "maxblur")) == before
 
 
 @pytest.mark.parametrize("name", ["timm:resnet18", "tv:resnet18"])
