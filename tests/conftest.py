@@ -26,6 +26,7 @@ TINY_OVERRIDES = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1",
     "logger.wandb.mode=disabled",
     "eval.n_images=16",
     "eval.max_shift_px=2",

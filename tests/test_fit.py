@@ -104,3 +104,37 @@ def test_existing_run_is_never_clobbered(tmp_path: Path) -> None:
     assert (tmp_path / "default" / "metrics.json").read_bytes() == before
     with pytest.raises(ConfigError, match="no checkpoint"):
         fit(tiny_config(tmp_path, "name=other"), resume=True)
+
+
+def test_lr_schedules_by_hand() -> None:
+    from omegaconf import OmegaConf
+
+    from train.module import _lr_lambda
+
+    o = OmegaConf.create(
+        {"schedule": "cosine", "warmup_epochs": 1.0, "milestones": [0.5, 0.75], "gamma": 0.1}
+    )
+    f = _lr_lambda(o, total_steps=110, steps_per_epoch=10)
+    assert [f(0), f(4), f(9)] == pytest.approx([0.1, 0.5, 1.0])  # linear warm-up
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5)  # cos(pi/2) halfway
+    assert f(110) == pytest.approx(0.0, abs=1e-12)
+    o.schedule, o.warmup_epochs = "step", 0.0
+    f = _lr_lambda(o, total_steps=100, steps_per_epoch=10)
+    assert [f(49), f(50), f(75)] == pytest.approx([1.0, 0.1, 0.01])
+    o.schedule = "constant"
+    assert _lr_lambda(o, 100, 10)(99) == 1.0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("optim.optimizer=adamw", "optim.lr=0.003", "optim.schedule=onecycle"),
+        ("optim.schedule=step", "optim.label_smoothing=0.1", "model.channels_last=true"),
+    ],
+)
+def test_optimizers_and_schedules_train(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    cfg = tiny_config(tmp_path, "eval.enabled=false", "trainer.max_epochs=2", *extra)
+    result = fit(cfg)
+    rows = (result.run_dir / "csv" / "metrics.csv").read_text().splitlines()
+    assert "train/loss" in rows[0]
+    assert result.metrics["global_step"] == 4  # 64 images / batch 32 x 2 epochs

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 import augment
 import models
-from train.config import Config, from_container, to_container
+from train.config import Config, ConfigError, from_container, to_container
 
 
 class Normalize(nn.Module):
@@ -133,13 +133,18 @@ class Classifier(L.LightningModule):
         else:
             opt = torch.optim.AdamW(groups, lr=o.lr)
         total = int(self.trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        # Known once estimated_stepping_batches has loaded the train dataloader.
+        batches = self.trainer.num_training_batches
+        accumulate = self.trainer.accumulate_grad_batches
+        steps_per_epoch = max(1, int(batches) // accumulate) if math.isfinite(batches) else total
         if o.schedule == "onecycle":
+            if total < 4:
+                raise ConfigError(f"optim.schedule=onecycle needs at least 4 steps, got {total}.")
+            warm = o.warmup_epochs * steps_per_epoch if o.warmup_epochs > 0 else 0.3 * total
+            # OneCycleLR needs at least one step in each phase.
+            pct_start = min(max(warm, 2.0), total - 2.0) / total
             sched: Any = torch.optim.lr_scheduler.OneCycleLR(
-                opt,
-                max_lr=o.lr,
-                total_steps=total,
-                pct_start=max(0.01, min(0.9, o.warmup_epochs * steps_per_epoch / total or 0.25)),
+                opt, max_lr=o.lr, total_steps=total, pct_start=pct_start
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o, total, steps_per_epoch))
