@@ -64,3 +64,12 @@ def test_fit_eval_models_show_augment(tmp_path: Path, capsys: pytest.CaptureFixt
     aug = ["augment.presets=[translate]", *TINY_OVERRIDES]
     assert main(["show-augment", str(DEFAULT_YAML), *aug, "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+
+    png = tmp_path / "data.png"
+    assert (
+        main(["show-data", str(DEFAULT_YAML), *TINY_OVERRIDES, "--out", str(png), "-n", "4"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "atypical" in out and "ring" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -28,7 +28,20 @@ def test_every_shipped_config_loads() -> None:
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         if "sweeps" in path.parts:
             continue
-        load_config(path)
+        load_config(DEFAULT_YAML, path)
+
+
+def test_sweep_grids_are_valid_overrides() -> None:
+    """Every point of every W&B sweep grid is a valid invlab config."""
+    import itertools
+
+    for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+        sweep = OmegaConf.to_container(OmegaConf.load(path))
+        assert "${args_no_hyphens}" in sweep["command"]
+        params = sweep["parameters"]
+        for values in itertools.product(*(p["values"] for p in params.values())):
+            overrides = [f"{k}={v}" for k, v in zip(params, values, strict=True)]
+            load_config(DEFAULT_YAML, overrides=overrides)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ def test_fit_writes_every_artefact(tmp_path: Path) -> None:
         assert (run / rel).is_file(), rel
     assert result.best_checkpoint is not None and result.best_checkpoint.is_file()
     assert (run / "reports" / "augment_samples.png").is_file()
+    assert (run / "reports" / "data_samples.png").is_file()
     assert list((run / "reports").glob("invariance_epoch*.json"))
 
     metrics = json.loads((run / "metrics.json").read_text())

@@ -119,6 +119,18 @@ def cmd_show_augment(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show_data(ns: argparse.Namespace) -> int:
+    from train.data import build_datamodule
+    from train.data.show import save_split_grid
+
+    cfg = _load(ns.args)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    print(dm.describe())
+    print(f"Wrote {save_split_grid(dm, Path(ns.out), n=ns.n)}")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and one parser per subcommand."""
     parser = argparse.ArgumentParser(
@@ -161,6 +173,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("-n", type=int, default=8, help="number of images")
     p.set_defaults(func=cmd_show_augment)
     commands["show-augment"] = p
+
+    p = sub.add_parser("show-data", help="save sample rows of every split (typical, atypical…)")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    p.add_argument("--out", default="data_samples.png", help="PNG path")
+    p.add_argument("-n", type=int, default=10, help="images per split")
+    p.set_defaults(func=cmd_show_data)
+    commands["show-data"] = p
     return parser, commands
 
 

@@ -140,6 +140,9 @@ def fit(
         callbacks=all_callbacks,
     )
     if trainer.is_global_zero:
+        from train.data.show import save_split_grid
+
+        save_split_grid(dm, run_dir / "reports" / "data_samples.png")
         _augment_samples(model, dm, run_dir, loggers)
     with warnings.catch_warnings():
         # Expected here: uint8 batches move to the device, then the module augments them.
