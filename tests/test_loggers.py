@@ -51,3 +51,18 @@ def test_unreachable_online_falls_back_to_offline(
     _finish(loggers)
     assert any("could not reach" in n for n in notes)
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_fit_logs_config_metrics_and_curves_to_offline_wandb(
+    no_credentials, tmp_path: Path
+) -> None:
+    from train.fit import fit
+
+    cfg = tiny_config(tmp_path, "logger.wandb.mode=offline", "augment.presets=[flip]")
+    result = fit(cfg)
+    (log,) = (result.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    raw = log.read_bytes()  # the transaction log stores keys as plain protobuf strings
+    for key in (b"invariance/typical/translate/p_change", b"val/accuracy", b"augment/samples"):
+        assert key in raw, key
+    assert b"placement" in raw  # the resolved config
+    assert any("wandb sync" in n for n in result.notes)
