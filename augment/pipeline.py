@@ -75,6 +75,20 @@ class Augmenter(nn.Module):
     def set_rng_state(self, state: Tensor) -> None:
         self._seed_gen.set_state(state)
 
+    def __getstate__(self) -> dict:
+        # Generators travel as plain bytes: torch shares tensors/generators with spawned DDP
+        # workers through shared memory, which fails where /dev/shm is small.
+        state = self.__dict__.copy()
+        state["_seed_gen"] = bytes(self._seed_gen.get_state().numpy())
+        state["_device_gens"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        seed_state = state.pop("_seed_gen")
+        self.__dict__.update(state)
+        self._seed_gen = torch.Generator()
+        self._seed_gen.set_state(torch.frombuffer(bytearray(seed_state), dtype=torch.uint8))
+
     def _device_gen(self, device: torch.device, seed: int) -> torch.Generator:
         gen = self._device_gens.get(device)
         if gen is None:

@@ -34,17 +34,6 @@ def shard_indices(n: int, rank: int, world: int) -> Tensor:
     return torch.arange(rank, n, world)
 
 
-def gather_in_order(values: Tensor, gather: GatherFn, n: int, world: int) -> Tensor:
-    """All-gather a rank's shard and undo the ``r::world`` interleaving."""
-    gathered = gather(values).cpu()
-    order = torch.cat([shard_indices(n, r, world) for r in range(world)])
-    if gathered.shape[0] != n:
-        raise RuntimeError(f"gather returned {gathered.shape[0]} rows for {n} images.")
-    out = torch.empty_like(gathered)
-    out[order] = gathered
-    return out
-
-
 def gather_values(values: dict[str, Tensor], index: Tensor, gather: GatherFn, n: int) -> dict:
     """All-gather per-image ``values`` (each ``[n_r, ...]``) of the images ``index`` ``[n_r]``.
 

@@ -68,23 +68,29 @@ def fit_and_report(cfg: Config, devices: int, out_dir: Path) -> dict[str, Any]:
     return report
 
 
-def assert_same_numbers(a: Any, b: Any, path: str = "report") -> None:
-    """Same structure and values; floats up to the batch-composition rounding of float32."""
+# Averages of 0/1 per-image values (and their bootstrap CIs) depend on top-1 classes only: equal
+# exactly. The rest (probabilities, cosines, distances) may differ by float32 rounding where a
+# batch holds other images (they are bit-identical on a CPU here).
+DISCRETE = ("accuracy", "p_change", "consistency", "worst_case_accuracy", "accuracy_by_view")
+
+
+def assert_same_numbers(a: Any, b: Any, path: str = "report", exact: bool = False) -> None:
+    """Same structure and values; floats exact under a ``DISCRETE`` key, else up to rounding."""
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for key in a:
-            assert_same_numbers(a[key], b[key], f"{path}.{key}")
+            assert_same_numbers(a[key], b[key], f"{path}.{key}", exact or key in DISCRETE)
     elif isinstance(a, list):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_numbers(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-6), path
+            assert_same_numbers(x, y, f"{path}[{i}]", exact)
+    elif isinstance(a, float) and not exact:
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-9), path
     else:
         assert a == b, path
 
 
-@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You have overridden `on_after_batch_transfer`")
 def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, *DDP_OVERRIDES)
     two = fit_and_report(cfg, 2, tmp_path / "ddp")
@@ -92,12 +98,7 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
     assert two["protocol"].pop("world_size") == 2 and one["protocol"].pop("world_size") == 1
     assert two["protocol"]["scale_protocol"] == "render"
     assert two["protocol"]["n_images"] == {"typical": 15, "atypical": 15}
-    for split in ("typical", "atypical"):  # the headline numbers first, for a readable failure
-        for tr in ("translate", "scale"):
-            for metric in ("p_change", "mac", "consistency", "worst_case_accuracy"):
-                assert_same_numbers(
-                    two["splits"][split][tr][metric], one["splits"][split][tr][metric]
-                )
+    assert two["typicality"]["n_reference"] == 64
     assert_same_numbers(two, one)
 
 

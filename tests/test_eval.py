@@ -20,7 +20,6 @@ from torch import Tensor, nn
 import eval.callback
 from eval import evaluate, typicality, views
 from eval.callback import InvarianceMonitor
-from eval.distributed import gather_in_order, shard_indices
 from eval.plots import save_plots
 from eval.report import format_table, scalars, write_json
 from train.config import load_config
@@ -360,22 +359,17 @@ class ThreadGather:
         return out
 
 
-@pytest.mark.parametrize("n_images", [11, 1])  # uneven shards; fewer images than ranks
-def test_sharded_and_gathered_equals_single_process(n_images: int) -> None:
-    cfg = eval_cfg(
-        f"eval.n_images={n_images}", "eval.typicality.method=features", "eval.typicality.k=3"
-    )
-    data = make_data(n=13)
-    single = evaluate(SmallCNN(), data, cfg, image_size=SIZE, progress=False)
-
-    world, slots, barrier = 2, [None, None], threading.Barrier(2)
-    reports: list[dict | None] = [None, None]
-    replicas = [SmallCNN() for _ in range(world)]  # seeded init: build before the threads
+def sharded_reports(make_model: Any, data: Any, cfg: Any, size: int, world: int = 2) -> list:
+    """``evaluate`` on ``world`` threads that shard the images and gather through threads."""
+    slots: list = [None] * world
+    barrier = threading.Barrier(world)
+    reports: list[dict | None] = [None] * world
+    replicas = [make_model() for _ in range(world)]  # seeded init: build before the threads
 
     def run(rank: int) -> None:
         gather = ThreadGather(rank, world, slots, barrier)
         reports[rank] = evaluate(
-            replicas[rank], data, cfg, image_size=SIZE, progress=False, gather=gather
+            replicas[rank], data, cfg, image_size=size, progress=False, gather=gather
         )
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
@@ -383,8 +377,18 @@ def test_sharded_and_gathered_equals_single_process(n_images: int) -> None:
         t.start()
     for t in threads:
         t.join()
-    for report in reports:
-        assert report is not None
+    assert all(r is not None for r in reports)
+    return reports
+
+
+@pytest.mark.parametrize("n_images", [11, 1])  # uneven shards; fewer images than ranks
+def test_sharded_and_gathered_equals_single_process(n_images: int) -> None:
+    cfg = eval_cfg(
+        f"eval.n_images={n_images}", "eval.typicality.method=features", "eval.typicality.k=3"
+    )
+    data = make_data(n=13)
+    single = evaluate(SmallCNN(), data, cfg, image_size=SIZE, progress=False)
+    for report in sharded_reports(SmallCNN, data, cfg, SIZE):
         assert report["protocol"].pop("world_size") == 2
         single["protocol"].pop("world_size", None)
         assert_reports_close(report, single)
@@ -404,13 +408,6 @@ def assert_reports_close(a: Any, b: Any, path: str = "report") -> None:
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6), path
     else:
         assert a == b, path
-
-
-def test_gather_in_order_undoes_interleaving() -> None:
-    n, world = 7, 3
-    shards = [torch.arange(n)[shard_indices(n, r, world)] for r in range(world)]
-    out = gather_in_order(shards[0], lambda _v: torch.cat(shards), n, world)
-    assert out.tolist() == list(range(n))
 
 
 # --------------------------------------------------------------------------- report & plots
@@ -584,6 +581,91 @@ def test_evaluate_on_the_invlab_datamodule() -> None:
     too_far = load_config(overrides=[*SMALL, "eval.max_shift_px=3"]).eval
     with pytest.raises(ValueError, match="raise data.eval_margin_px"):
         evaluate(SmallCNN(dm.num_classes), dm, too_far, image_size=16, progress=False)
+
+
+class Recorder(PointwiseGAP):
+    """Keeps every batch of views it is given (uint8-exact: views are ``k / 255``)."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__(num_classes)
+        self.inputs: list[Tensor] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.inputs.append(x.clone())
+        return super().forward(x)
+
+
+def test_scale_render_protocol_rerenders_the_held_out_scene() -> None:
+    from train.data import build_datamodule
+
+    scales = [0.8, 0.9, 1.0, 1.1, 1.2]
+    cfg = load_config(
+        overrides=[
+            *SMALL,
+            f"eval.scales=[{','.join(map(str, scales))}]",
+            "eval.transforms=[scale]",
+            "eval.splits=[typical]",  # flat backgrounds: the object is what differs from them
+            "eval.typicality.method=none",
+        ]
+    )
+    dm = build_datamodule(cfg)
+    dm.setup()
+    model = Recorder(dm.num_classes)
+    report = evaluate(model, dm, cfg.eval, image_size=16, progress=False)
+    assert report["protocol"]["scale_protocol"] == "render"
+    assert report["protocol"]["fill"] is None and report["protocol"]["embed_size"] is None
+    (batch,) = model.inputs  # one chunk: [centre, s_0 .. s_4] per image
+    seen = (batch * 255).round().to(torch.uint8).view(10, 1 + len(scales), 3, 16, 16)
+    held_out = views.center_crop(dm.split("typical").images[:10], 16)
+    assert torch.equal(seen[:, 0], held_out)
+    assert torch.equal(seen[:, 1 + scales.index(1.0)], held_out)  # s = 1 is the test image
+    # The object's mass (its contrast with the flat background, summed) grows with the scale,
+    # in proportion to the area s^2.
+    x = seen[:, 1:].float() / 255
+    mass = (x - x[..., :1, :1]).abs().amax(2).sum((-2, -1))  # [10, T]
+    assert bool((mass.diff(dim=1) > 0).all())
+    ratio = (mass / mass[:, [scales.index(1.0)]]).mean(0)
+    torch.testing.assert_close(ratio, torch.tensor(scales) ** 2, rtol=0.1, atol=0)
+    curve = report["splits"]["typical"]["scale"]
+    assert curve["scales"] == scales and curve["feature_cosine_by_view"][2] == pytest.approx(1.0)
+
+
+def test_scale_protocol_falls_back_to_embed_and_says_so() -> None:
+    from train.data import build_datamodule
+
+    scale_only = ["eval.transforms=[scale]", "eval.splits=[typical]", "eval.n_images=4"]
+    data = make_data(n=4)
+    tensors = evaluate(SmallCNN(), data, eval_cfg(*scale_only), image_size=SIZE, progress=False)
+    assert tensors["protocol"]["scale_protocol"] == "embed"
+    assert tensors["protocol"]["scale_protocol_requested"] == "render"
+    assert tensors["protocol"]["fill"] == "black" and tensors["protocol"]["embed_size"] == 0.5
+    for overrides in (["data.render=false"], ["eval.scale_protocol=embed"]):
+        cfg = load_config(overrides=[*SMALL, *scale_only, *overrides])
+        dm = build_datamodule(cfg)
+        dm.setup()
+        model = Recorder(dm.num_classes)
+        report = evaluate(model, dm, cfg.eval, image_size=16, progress=False)
+        assert report["protocol"]["scale_protocol"] == "embed"
+        images = dm.split("typical").images[:4]
+        expected = views.scale_views(images, list(cfg.eval.scales), size=16, embed_size=0.5)
+        assert torch.equal(model.inputs[0].view(4, -1, 3, 16, 16)[:, 1:], expected)
+    translate_only = eval_cfg("eval.transforms=[translate]")
+    no_scale = evaluate(SmallCNN(), data, translate_only, image_size=SIZE, progress=False)
+    assert no_scale["protocol"]["scale_protocol"] is None
+
+
+def test_rendered_scales_sharded_equal_single_process() -> None:
+    from train.data import build_datamodule
+
+    cfg = load_config(overrides=[*SMALL, "eval.n_images=9", "eval.typicality.method=none"])
+    dm = build_datamodule(cfg)
+    dm.setup()
+    single = evaluate(SmallCNN(dm.num_classes), dm, cfg.eval, image_size=16, progress=False)
+    assert single["protocol"]["scale_protocol"] == "render"
+    for report in sharded_reports(lambda: SmallCNN(dm.num_classes), dm, cfg.eval, 16):
+        assert report["protocol"].pop("world_size") == 2
+        single["protocol"].pop("world_size", None)
+        assert_reports_close(report, single)
 
 
 def test_evaluate_checkpoint_lightning_and_plain_weights(tmp_path: Path) -> None:
