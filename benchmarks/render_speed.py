@@ -22,7 +22,7 @@ import time
 import torch
 
 from train.config import PlacementConfig, load_config
-from train.data import ArrayPool, build_datamodule, build_source, render
+from train.data import ArrayPool, build_datamodule, build_source
 from train.data.colorize import stroke_objects
 from train.data.render import render_split
 
@@ -72,8 +72,8 @@ def main() -> None:
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__}; {args.n} images of "
-        f"{args.size} px, median of {args.trials} trials, intra-op threads {threads[0]} "
-        f"(the library's RENDER_THREADS) vs {threads[1]}"
+        f"{args.size} px, median of {args.trials} trials, torch intra-op threads {threads[0]} "
+        f"vs {threads[1]}"
     )
     rows = []
     for name, pool in pools.items():
@@ -81,7 +81,7 @@ def main() -> None:
             placement = PlacementConfig(background=background)
             per_threads = []
             for t in threads:
-                render.RENDER_THREADS = t
+                torch.set_num_threads(t)
                 per_threads.append(time_render(pool, placement, args, object_px))
             rows.append((name, background, *per_threads))
     best = min(r[2] for r in rows)
@@ -94,7 +94,7 @@ def main() -> None:
             f"{name:11s} {background:10s} {args.n / t1:9.0f} {1e4 * t1 / args.n:9.2f} "
             f"{args.n / tn:9.0f} {tn / t1:9.2f} {t1 / best:9.2f}"
         )
-    render.RENDER_THREADS = threads[0]
+    torch.set_num_threads(threads[1])
     start = time.perf_counter()
     build_datamodule(cfg).setup()
     n_all = sum(int(cfg.data[f"n_{s}"]) for s in ("train", "val", "typical", "atypical"))

@@ -12,8 +12,6 @@ block): image ``i`` of a split is a pure function of (seed, split, i), whatever 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,35 +25,17 @@ from train.data.registry import ObjectPool, Objects
 
 __all__ = [
     "BLOCK",
-    "RENDER_THREADS",
     "SPLIT_CODES",
     "composite",
     "draw_split_params",
     "render_split",
-    "render_threads",
     "resize_split",
 ]
 
 BLOCK = 256
 WORK = 1024  # images rendered per tensor batch (bounds memory for large source images)
-# Intra-op threads while rendering: many mid-sized ops, where fork/join costs more than it saves
-# and a busy CPU makes several threads ~10x slower (measured in benchmarks/render_speed.py).
-RENDER_THREADS = 1
 SPLIT_CODES = {"train": 0, "val": 1, "typical": 2, "atypical": 3}
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
-
-
-@contextmanager
-def render_threads() -> Iterator[None]:
-    """Run with :data:`RENDER_THREADS` intra-op threads (0: leave torch's setting), then restore."""
-    before = torch.get_num_threads()
-    if RENDER_THREADS and before != RENDER_THREADS:
-        torch.set_num_threads(RENDER_THREADS)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 def block_rng(seed: int, split: str, block: int) -> np.random.Generator:
@@ -153,15 +133,14 @@ def render_split(
     images = torch.empty(n, 3, canvas, canvas, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
     indices = torch.empty(n, dtype=torch.long)
-    with render_threads():
-        for start in range(0, n, WORK):
-            stop = min(start + WORK, n)
-            objects = pool.take(pool.instances(positions[start:stop], seed), raster)
-            place, bg = draw_split_params(placement, canvas, seed, split, start, stop)
-            place.scale = place.scale * scale_factor
-            images[start:stop] = composite(objects, place, bg, canvas, object_px, raster)
-            labels[start:stop] = objects.labels
-            indices[start:stop] = objects.indices
+    for start in range(0, n, WORK):
+        stop = min(start + WORK, n)
+        objects = pool.take(pool.instances(positions[start:stop], seed), raster)
+        place, bg = draw_split_params(placement, canvas, seed, split, start, stop)
+        place.scale = place.scale * scale_factor
+        images[start:stop] = composite(objects, place, bg, canvas, object_px, raster)
+        labels[start:stop] = objects.labels
+        indices[start:stop] = objects.indices
     return images, labels, indices
 
 
@@ -173,14 +152,13 @@ def resize_split(
     images = torch.empty(n, 3, size, size, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
     indices = torch.empty(n, dtype=torch.long)
-    with render_threads():
-        for start in range(0, n, WORK):
-            stop = min(start + WORK, n)
-            objects = pool.take(pool.instances(positions[start:stop], seed), size)
-            rgb = _rgba(objects)[:, :3]
-            if rgb.shape[-1] != size or rgb.shape[-2] != size:
-                rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True)
-            images[start:stop] = (rgb * 255).round_().clamp_(0, 255).to(torch.uint8)
-            labels[start:stop] = objects.labels
-            indices[start:stop] = objects.indices
+    for start in range(0, n, WORK):
+        stop = min(start + WORK, n)
+        objects = pool.take(pool.instances(positions[start:stop], seed), size)
+        rgb = _rgba(objects)[:, :3]
+        if rgb.shape[-1] != size or rgb.shape[-2] != size:
+            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True)
+        images[start:stop] = (rgb * 255).round_().clamp_(0, 255).to(torch.uint8)
+        labels[start:stop] = objects.labels
+        indices[start:stop] = objects.indices
     return images, labels, indices
