@@ -60,9 +60,14 @@ def format_table(report: dict[str, Any]) -> str:
 
     proto = report.get("protocol", {})
     title = (
-        f"protocol={proto.get('protocol')} trajectory={proto.get('trajectory')} "
-        f"max_shift_px={proto.get('max_shift_px')} ci={proto.get('ci_level')}"
+        f"translate: protocol={proto.get('protocol')} trajectory={proto.get('trajectory')} "
+        f"max_shift_px={proto.get('max_shift_px')}"
     )
+    if proto.get("scale_protocol"):
+        scales = proto.get("scales") or []
+        span = f"{min(scales)}..{max(scales)}" if scales else "?"
+        title += f" | scale: protocol={proto['scale_protocol']} scales={span}"
+    title += f" | {100 * (proto.get('ci_level') or 0.95):.0f}% bootstrap CI over images"
     rule = "-" * len(line(header))
     return "\n".join([title, line(header), rule, *map(line, rows)])
 
