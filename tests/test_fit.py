@@ -139,3 +139,18 @@ def test_optimizers_and_schedules_train(tmp_path: Path, extra: tuple[str, ...]) 
     rows = (result.run_dir / "csv" / "metrics.csv").read_text().splitlines()
     assert "train/loss" in rows[0]
     assert result.metrics["global_step"] == 4  # 64 images / batch 32 x 2 epochs
+
+
+def test_finetune_antialiased_from_baseline_checkpoint(tmp_path: Path) -> None:
+    """A baseline checkpoint initialises its BlurPool version exactly (same state-dict keys)."""
+    base = fit(tiny_config(tmp_path, "name=base", "eval.enabled=false"))
+    extra = ("eval.enabled=false", "model.antialias.method=blur")
+    cfg = tiny_config(tmp_path, "name=ft", *extra, f"model.init_from={base.last_checkpoint}")
+    model = Classifier(cfg, num_classes=base.metrics["num_classes"])
+    wb = _weights(base.last_checkpoint)
+    assert set(model.state_dict()) == set(wb)
+    assert all(torch.equal(model.state_dict()[k], wb[k]) for k in wb)
+    blurred = [m for m in model.net.modules() if type(m).__name__ == "BlurDownsample"]
+    assert blurred  # the function changed, the weights did not
+    ft = fit(cfg)  # and it trains from there
+    assert ft.last_checkpoint.is_file()
