@@ -186,6 +186,16 @@ def test_antialias_resnet18_blurs_shortcuts_too(name: str) -> None:
     assert shortcut.downsample.stride == 2 and shortcut.downsample.filt_size == 4
 
 
+def test_antialias_torchvision_vgg() -> None:
+    torch.manual_seed(0)
+    # VGG's classifier is sized for 224 px; a small one keeps the test light, the features
+    # (five 2x2 max-pools, 32 px -> 1 px) are torchvision's.
+    base = models.build({"name": "tv:vgg11_bn"}, num_classes=10)
+    base.classifier = nn.Linear(512 * 7 * 7, 10)
+    aa = _check_rewrite(base.eval(), "blur", torch.randn(2, 3, 32, 32), filt_size=3)
+    assert sum(isinstance(m, BlurDownsample) for m in aa.modules()) == 5
+
+
 @pytest.mark.parametrize("name", ["timm:mobilenetv3_small_050", "timm:efficientnet_b0"])
 def test_antialias_timm_mobile_nets(name: str) -> None:
     torch.manual_seed(0)
