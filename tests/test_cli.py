@@ -55,6 +55,13 @@ def test_fit_eval_models_show_augment(tmp_path: Path, capsys: pytest.CaptureFixt
     assert {"typical", "atypical"} <= set(report["splits"])
     assert "p_change" in report["splits"]["typical"]["translate"]
 
+    # Fine-tune the run with BlurPool: its own config plus the change, under a new name.
+    assert main(["finetune", str(ckpt), "model.antialias.method=blur", "eval.enabled=false"]) == 0
+    ft_cfg = (tmp_path / "cli-ft" / "config.yaml").read_text()
+    assert "method: blur" in ft_cfg and f"init_from: {ckpt}" in ft_cfg
+    assert (tmp_path / "cli-ft" / "metrics.json").is_file()
+    capsys.readouterr()
+
     assert main(["models"]) == 0
     assert "cnn" in capsys.readouterr().out
     assert main(["models", "cnn", "model.antialias.method=blur"]) == 0

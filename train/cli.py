@@ -38,9 +38,12 @@ def format_accuracy_table(metrics: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- subcommands
 def cmd_fit(ns: argparse.Namespace) -> int:
+    return _run_fit(_load(ns.args), ns)
+
+
+def _run_fit(cfg: Any, ns: argparse.Namespace) -> int:
     from train.fit import fit
 
-    cfg = _load(ns.args)
     result = fit(cfg, resume=ns.resume, overwrite=ns.overwrite)
     print()
     print(format_accuracy_table(result.metrics))
@@ -53,6 +56,17 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         print(note)
     print(f"\nRun directory: {result.run_dir}")
     return 0
+
+
+def cmd_finetune(ns: argparse.Namespace) -> int:
+    """fit, starting from a checkpoint's config and weights (``model.init_from``)."""
+    ckpt = _existing_checkpoint(ns.checkpoint)
+    base = read_checkpoint_config(ckpt)
+    cfg = _load([*ns.args, f"model.init_from={ckpt}"], base=base)
+    if base is not None and cfg.name == base.get("name"):
+        cfg.name = f"{cfg.name}-ft"  # never write into the run being fine-tuned
+    ns.args = []
+    return _run_fit(cfg, ns)
 
 
 def cmd_config(ns: argparse.Namespace) -> int:
@@ -74,16 +88,21 @@ def read_checkpoint_config(path: Path) -> dict[str, Any] | None:
     return hparams.get("config") if isinstance(hparams, dict) else None
 
 
-def cmd_eval(ns: argparse.Namespace) -> int:
-    from eval.report import format_table
-    from eval.standalone import evaluate_checkpoint
-
-    ckpt = Path(ns.checkpoint)
+def _existing_checkpoint(path: str) -> Path:
+    ckpt = Path(path)
     if not ckpt.is_file():
         raise ConfigError(
             f"Checkpoint '{ckpt}' not found. Give a .ckpt written by `invlab fit` "
             f"(runs/<name>/checkpoints/last.ckpt) or a weights file with model.name=..."
         )
+    return ckpt
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from eval.report import format_table
+    from eval.standalone import evaluate_checkpoint
+
+    ckpt = _existing_checkpoint(ns.checkpoint)
     base = read_checkpoint_config(ckpt)
     cfg = _load(ns.args, base=base)
     out = Path(ns.out) if ns.out else ckpt.parent.parent / "reports"
@@ -148,6 +167,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
     p.set_defaults(func=cmd_fit)
     commands["fit"] = p
+
+    p = sub.add_parser(
+        "finetune",
+        help="train from a checkpoint: its config and weights, plus your changes",
+        description="Fine-tune: the checkpoint's stored config (or the schema, for a bare "
+        "weights file) <- CONFIG files <- key=value overrides, with model.init_from set to the "
+        "checkpoint. The run is named <name>-ft unless name=... is given. A classifier head of "
+        "another size (data with other classes) is re-initialised.",
+    )
+    p.add_argument("checkpoint", help=".ckpt from `invlab fit`, or a weights file")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+    p.set_defaults(func=cmd_finetune)
+    commands["finetune"] = p
 
     p = sub.add_parser("config", help="print the resolved config with every default")
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
