@@ -23,19 +23,7 @@ from torch import nn
 import augment
 from train.config import load_config
 
-PRESETS = [
-    "none",
-    "flip",
-    "translate",
-    "subpixel_translate",
-    "scale",
-    "rotate",
-    "affine",
-    "crop",
-    "heavy",
-    "randaugment",
-    "trivialaugment",
-]
+PRESETS = augment.list_presets()
 
 
 def stand_in_cnn(num_classes: int = 10) -> nn.Module:

@@ -36,10 +36,13 @@ TINY_OVERRIDES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add fork/join overhead on a 2-core machine."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 def tiny_config(tmp_path: Path, *extra: str) -> Config:

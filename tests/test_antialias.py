@@ -18,14 +18,6 @@ from models import BlurDownsample, PolyphaseDownsample
 from train.config import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_blur(x: torch.Tensor, k: int, stride: int, pad_mode: str) -> torch.Tensor:
     """Zhang's BlurPool written out: binomial row from math.comb, asymmetric pad, strided
     depthwise conv."""

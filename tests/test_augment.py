@@ -17,18 +17,7 @@ from augment.policy import PerSamplePolicy
 from augment.shift import border_median, pad_image, shift_batch
 from train.config import ConfigError, load_config
 
-RANDOM_PRESETS = [
-    "flip",
-    "translate",
-    "subpixel_translate",
-    "scale",
-    "rotate",
-    "affine",
-    "crop",
-    "heavy",
-    "randaugment",
-    "trivialaugment",
-]
+RANDOM_PRESETS = [p for p in augment.list_presets() if p != "none"]
 ALL_PRESETS = ["none", *RANDOM_PRESETS]
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 

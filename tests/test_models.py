@@ -15,14 +15,6 @@ from models.registry import _ENTRYPOINTS
 from train.config import ConfigError, load_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _x(n: int = 2, size: int = 32) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 

@@ -159,61 +159,60 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: dict[str, argparse.ArgumentParser] = {}
-    cfg_help = "YAML config files and key=value overrides, in any order (later wins)"
 
-    p = sub.add_parser("fit", help="train a model; writes runs/<name>/")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
-    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
-    p.set_defaults(func=cmd_fit)
-    commands["fit"] = p
+    def add(name: str, func: Any, help: str, *, first: str | None = None, **kw: Any):
+        """A subcommand taking an optional ``first`` positional, then CONFIG... key=value..."""
+        p = sub.add_parser(name, help=help, **kw)
+        if first == "checkpoint":
+            p.add_argument("checkpoint", help=".ckpt from `invlab fit`, or a weights file")
+        elif first == "name":
+            p.add_argument("name", nargs="?", help="e.g. cnn, timm:resnet18, tv:resnet18")
+        p.add_argument(
+            "args",
+            nargs="*",
+            metavar="CONFIG|key=value",
+            help="YAML config files and key=value overrides, in any order (later wins)",
+        )
+        p.set_defaults(func=func)
+        commands[name] = p
+        return p
 
-    p = sub.add_parser(
-        "finetune",
-        help="train from a checkpoint: its config and weights, plus your changes",
-        description="Fine-tune: the checkpoint's stored config (or the schema, for a bare "
-        "weights file) <- CONFIG files <- key=value overrides, with model.init_from set to the "
-        "checkpoint. The run is named <name>-ft unless name=... is given. A classifier head of "
-        "another size (data with other classes) is re-initialised.",
+    def run_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
+
+    run_flags(add("fit", cmd_fit, "train a model; writes runs/<name>/"))
+    finetune_doc = (
+        "Fine-tune: the checkpoint's stored config (or the schema, for a bare weights file) <- "
+        "CONFIG files <- key=value overrides, with model.init_from set to the checkpoint. The "
+        "run is named <name>-ft unless name=... is given. A classifier head of another size "
+        "(data with other classes) is re-initialised."
     )
-    p.add_argument("checkpoint", help=".ckpt from `invlab fit`, or a weights file")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
-    p.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run dir")
-    p.set_defaults(func=cmd_finetune)
-    commands["finetune"] = p
-
-    p = sub.add_parser("config", help="print the resolved config with every default")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
-    p.set_defaults(func=cmd_config)
-    commands["config"] = p
-
-    p = sub.add_parser("eval", help="invariance evaluation of a checkpoint or weights file")
-    p.add_argument("checkpoint", help=".ckpt from `invlab fit`, or a weights file")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
+    run_flags(
+        add(
+            "finetune",
+            cmd_finetune,
+            "train from a checkpoint: its config and weights, plus your changes",
+            first="checkpoint",
+            description=finetune_doc,
+        )
+    )
+    add("config", cmd_config, "print the resolved config with every default")
+    p = add(
+        "eval",
+        cmd_eval,
+        "invariance evaluation of a checkpoint or weights file",
+        first="checkpoint",
+    )
     p.add_argument("--out", help="output directory (default: the run's reports/)")
-    p.set_defaults(func=cmd_eval)
-    commands["eval"] = p
-
-    p = sub.add_parser("models", help="list models, or what antialias() rewrites in one")
-    p.add_argument("name", nargs="?", help="e.g. cnn, timm:resnet18, tv:resnet18")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
-    p.set_defaults(func=cmd_models)
-    commands["models"] = p
-
-    p = sub.add_parser("show-augment", help="save a grid of original vs augmented samples")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
-    p.add_argument("--out", default="augment_samples.png", help="PNG path")
-    p.add_argument("-n", type=int, default=8, help="number of images")
-    p.set_defaults(func=cmd_show_augment)
-    commands["show-augment"] = p
-
-    p = sub.add_parser("show-data", help="save sample rows of every split (typical, atypical…)")
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help=cfg_help)
-    p.add_argument("--out", default="data_samples.png", help="PNG path")
-    p.add_argument("-n", type=int, default=10, help="images per split")
-    p.set_defaults(func=cmd_show_data)
-    commands["show-data"] = p
+    add("models", cmd_models, "list models, or what antialias() rewrites in one", first="name")
+    for name, func, what, n in (
+        ("show-augment", cmd_show_augment, "original vs augmented samples", 8),
+        ("show-data", cmd_show_data, "sample rows of every split (typical, atypical...)", 10),
+    ):
+        p = add(name, func, f"save a PNG of {what}")
+        p.add_argument("--out", default=f"{name.split('-')[1]}_samples.png", help="PNG path")
+        p.add_argument("-n", type=int, default=n, help="images (per row)")
     return parser, commands
 
 

@@ -227,29 +227,20 @@ class Config:
 
 # Allowed values of string-valued keys. Other modules validate their own open sets (model names,
 # kornia op names) when they build.
+SOURCES = (
+    "shapes",
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "stl10",
+    "folder",
+)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": (
-        "shapes",
-        "digits",
-        "mnist",
-        "fashion_mnist",
-        "cifar10",
-        "cifar100",
-        "svhn",
-        "stl10",
-        "folder",
-    ),
-    "data.atypical_source": (
-        "shapes",
-        "digits",
-        "mnist",
-        "fashion_mnist",
-        "cifar10",
-        "cifar100",
-        "svhn",
-        "stl10",
-        "folder",
-    ),
+    "data.source": SOURCES,
+    "data.atypical_source": SOURCES,
     "data.placement.*.position": ("gaussian", "uniform", "ring", "center"),
     "data.placement.*.background": ("flat", "noise", "texture"),
     "model.downsample": ("conv", "maxpool", "avgpool", "none"),
