@@ -154,3 +154,24 @@ def test_finetune_antialiased_from_baseline_checkpoint(tmp_path: Path) -> None:
     assert blurred  # the function changed, the weights did not
     ft = fit(cfg)  # and it trains from there
     assert ft.last_checkpoint.is_file()
+
+
+def test_only_rank_zero_touches_an_existing_run_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under DDP every rank runs fit(); a rank > 0 must not delete rank 0's fresh files."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from train.fit import prepare_run_dir
+
+    cfg = tiny_config(tmp_path)
+    (tmp_path / "default" / "checkpoints").mkdir(parents=True)
+    marker = tmp_path / "default" / "config.yaml"
+    marker.write_text("written by rank 0")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    run_dir, ckpt = prepare_run_dir(cfg, resume=False, overwrite=True)
+    assert run_dir == tmp_path / "default" and ckpt is None
+    assert marker.read_text() == "written by rank 0"
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    prepare_run_dir(cfg, resume=False, overwrite=True)
+    assert not marker.exists()

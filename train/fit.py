@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from train.config import Config, ConfigError, save_config, to_container
 from train.data import build_datamodule
@@ -48,12 +49,24 @@ def write_json(data: Any, path: Path) -> Path:
     return path
 
 
+def global_rank() -> int:
+    """This process's rank as Lightning reads it from the launcher's environment (0 alone)."""
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+
 def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
-    """Create the run directory; refuse to clobber an earlier run unless told to."""
+    """Create the run directory; refuse to clobber an earlier run unless told to.
+
+    Under DDP every rank runs ``fit``; only rank 0 checks, replaces or creates the directory
+    (the other ranks start after it, or at once under SLURM, and must not delete its files).
+    """
     if resume and overwrite:
         raise ConfigError("Choose one of --resume and --overwrite, not both.")
     run_dir = Path(cfg.out_dir) / cfg.name
     last = run_dir / "checkpoints" / "last.ckpt"
+    if global_rank() != 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, last if resume else None
     has_run = (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()
     if resume:
         # Lightning's ckpt_path="last" silently starts from scratch when nothing is found.
@@ -102,13 +115,14 @@ def fit(
     """
     run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    save_config(cfg, run_dir / "config.yaml")
+    if global_rank() == 0:
+        save_config(cfg, run_dir / "config.yaml")
 
     dm = build_datamodule(cfg)
     dm.setup("fit")
     model = Classifier(cfg, num_classes=dm.num_classes)
 
-    loggers, notes = build_loggers(cfg, run_dir)
+    loggers, notes = build_loggers(cfg, run_dir, rank=global_rank())
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,

@@ -63,14 +63,18 @@ def _init_wandb(cfg: Config, run_dir: Path, mode: str) -> tuple[Any, list[str]]:
     return run, notes
 
 
-def build_loggers(cfg: Config, run_dir: Path) -> tuple[list[Logger], list[str]]:
-    """The run's loggers and human-readable notes about them (e.g. an offline fallback)."""
+def build_loggers(cfg: Config, run_dir: Path, rank: int = 0) -> tuple[list[Logger], list[str]]:
+    """The run's loggers and human-readable notes about them (e.g. an offline fallback).
+
+    W&B runs on rank 0 only (one W&B run per training run); the CSV logger writes from rank 0
+    by itself.
+    """
     loggers: list[Logger] = []
     notes: list[str] = []
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
     mode = resolve_wandb_mode(cfg.logger.wandb.mode)
-    if mode != "disabled":
+    if mode != "disabled" and rank == 0:
         run, notes = _init_wandb(cfg, run_dir, mode)
         online = run.settings.mode == "online" if hasattr(run, "settings") else False
         # log_model uploads checkpoints as artifacts; it raises for offline runs.
