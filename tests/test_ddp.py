@@ -8,6 +8,10 @@ so the helpers live at module level.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from torch import Tensor
 
 from eval.callback import InvarianceMonitor
 from eval.distributed import LightningGather, gather_values, shard_indices
-from tests.conftest import tiny_config
+from tests.conftest import DEFAULT_YAML, TINY_OVERRIDES, tiny_config
 from train.config import Config, to_container
 from train.data import build_datamodule
 from train.module import Classifier
@@ -184,3 +188,20 @@ def test_gather_values_orders_by_index_not_by_rank() -> None:
         assert torch.equal(out["b"], rank_values(torch.arange(n))["b"])
     with pytest.raises(RuntimeError, match="expected each of 0..1 once"):
         gather_values({"v": torch.zeros(2)}, torch.tensor([0, 0]), lambda v: v, 2)
+
+
+def test_cli_fit_under_ddp_two_processes(tmp_path: Path) -> None:
+    """`invlab fit trainer.strategy=ddp trainer.devices=2`: Lightning re-launches the command
+    for rank 1; rank 0 alone writes the run dir and a single (offline) W&B run."""
+    args = [*TINY_OVERRIDES, f"out_dir={tmp_path}", "trainer.max_epochs=2"]
+    args += ["trainer.devices=2", "trainer.strategy=ddp", "logger.wandb.mode=offline"]
+    env = {**os.environ, "WANDB_API_KEY": "", "HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "train.cli", "fit", str(DEFAULT_YAML), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "default"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["invariance"]["protocol"]["world_size"] == 2
+    assert set(metrics["splits"]) == {"val", "typical", "atypical"}
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    assert (run / "checkpoints" / "last.ckpt").is_file()

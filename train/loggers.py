@@ -56,10 +56,9 @@ def _init_wandb(cfg: Config, run_dir: Path, mode: str) -> tuple[Any, list[str]]:
             msg = f"W&B could not reach the server ({type(err).__name__}: {err}); logging offline."
             warnings.warn(msg, stacklevel=2)
             notes.append(msg)
-    run = wandb.init(mode="offline", **kwargs)
-    notes.append(
-        f"W&B offline run in {run.dir}; upload it later with `wandb sync {run_dir}/wandb`."
-    )
+    run = wandb.init(mode="offline", settings=wandb.Settings(quiet=True), **kwargs)
+    where = Path(run.dir).parent
+    notes.append(f"W&B offline run in {where}; upload it with `wandb sync {where}`.")
     return run, notes
 
 
