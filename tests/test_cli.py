@@ -62,6 +62,19 @@ def test_fit_eval_models_show_augment(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (tmp_path / "cli-ft" / "metrics.json").is_file()
     capsys.readouterr()
 
+    # The two runs side by side: only the config key that differs, and their metrics.
+    runs = [str(tmp_path / "cli"), str(tmp_path / "cli-ft")]
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "model.antialias.method" in lines[0] and "augment.presets" not in lines[0]
+    base = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    row = lines[2].split()
+    assert row[:2] == ["cli", "none"]
+    assert row[2] == f"{base['splits']['typical']['accuracy']:.3f}"
+    assert (tmp_path / "cmp.png").is_file()
+    assert main(["compare", str(tmp_path / "nothing")]) == 2
+    capsys.readouterr()
+
     assert main(["models"]) == 0
     assert "cnn" in capsys.readouterr().out
     assert main(["models", "cnn", "model.antialias.method=blur"]) == 0

@@ -150,6 +150,16 @@ def cmd_show_data(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from eval.compare import format_comparison, load_runs, save_comparison_plot
+
+    rows = load_runs(ns.runs)
+    print(format_comparison(rows))
+    if ns.out:
+        print(f"\nWrote {save_comparison_plot(rows, ns.out)}")
+    return 0
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and one parser per subcommand."""
     parser = argparse.ArgumentParser(
@@ -213,6 +223,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p = add(name, func, f"save a PNG of {what}")
         p.add_argument("--out", default=f"{name.split('-')[1]}_samples.png", help="PNG path")
         p.add_argument("-n", type=int, default=n, help="images (per row)")
+    p = sub.add_parser("compare", help="finished runs side by side (ablation table + plot)")
+    p.add_argument("runs", nargs="+", help="run directories, e.g. runs/*")
+    p.add_argument("--out", help="also save a bar plot (PNG)")
+    p.set_defaults(func=cmd_compare)
+    commands["compare"] = p
     return parser, commands
 
 
