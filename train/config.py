@@ -8,6 +8,7 @@ make in a config is raised as :class:`ConfigError` with a message that names the
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -435,10 +436,16 @@ def _check_ranges(cfg: DictConfig) -> None:
         raise ConfigError(f"'eval.ci_level' must be in (0, 1), got {cfg.eval.ci_level}.")
 
 
-def _check_trainer(cfg: DictConfig) -> None:
+@functools.cache
+def trainer_arguments() -> tuple[str, ...]:
+    """The keyword arguments of ``lightning.pytorch.Trainer``."""
     import lightning.pytorch as L
 
-    valid = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+    return tuple(p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    valid = list(trainer_arguments())
     for key in cfg.trainer:
         if key in MANAGED_TRAINER_KEYS:
             raise ConfigError(
