@@ -89,6 +89,11 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
     assert (tmp_path / "crashed" / "checkpoints" / "last.ckpt").is_file()
     resumed = fit(cfg, resume=True)
 
+    # Both logs survive: epoch 0 in csv/metrics.csv, the resumed epoch in csv/resumed-1/.
+    for rel, epoch in (("metrics.csv", "0"), ("resumed-1/metrics.csv", "1")):
+        header, *rows = (resumed.run_dir / "csv" / rel).read_text().splitlines()
+        column = header.split(",").index("epoch")
+        assert epoch in {r.split(",")[column] for r in rows}, rel
     wf, wr = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
     for k in wf:
         torch.testing.assert_close(wr[k], wf[k], rtol=0, atol=1e-6, msg=k)

@@ -122,7 +122,7 @@ def fit(
     dm.setup("fit")
     model = Classifier(cfg, num_classes=dm.num_classes)
 
-    loggers, notes = build_loggers(cfg, run_dir, rank=global_rank())
+    loggers, notes = build_loggers(cfg, run_dir, rank=global_rank(), resume=resume)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -163,6 +163,8 @@ def fit(
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer`.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning internals on new torch
+        if resume:  # expected: the run's own checkpoints directory
+            warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
         splits = [s for s in EVAL_SPLITS if len(dm.split(s).labels) > 0]
@@ -189,7 +191,8 @@ def fit(
         write_json(metrics, run_dir / "metrics.json")
         for logger in loggers:
             logger.log_metrics(
-                {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()}
+                {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()},
+                step=trainer.global_step,
             )
             logger.finalize("success")
             if isinstance(logger, WandbLogger):

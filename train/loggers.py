@@ -62,7 +62,20 @@ def _init_wandb(cfg: Config, run_dir: Path, mode: str) -> tuple[Any, list[str]]:
     return run, notes
 
 
-def build_loggers(cfg: Config, run_dir: Path, rank: int = 0) -> tuple[list[Logger], list[str]]:
+def csv_version(run_dir: Path, resume: bool) -> str:
+    """``csv/metrics.csv`` for a new run; ``csv/resumed-<k>/`` for its k-th resumption, because
+    Lightning's CSV logger rewrites an existing file with only the rows it logged itself."""
+    if not resume:
+        return ""
+    k = 1
+    while (run_dir / "csv" / f"resumed-{k}").exists():
+        k += 1
+    return f"resumed-{k}"
+
+
+def build_loggers(
+    cfg: Config, run_dir: Path, rank: int = 0, resume: bool = False
+) -> tuple[list[Logger], list[str]]:
     """The run's loggers and human-readable notes about them (e.g. an offline fallback).
 
     W&B runs on rank 0 only (one W&B run per training run); the CSV logger writes from rank 0
@@ -71,7 +84,8 @@ def build_loggers(cfg: Config, run_dir: Path, rank: int = 0) -> tuple[list[Logge
     loggers: list[Logger] = []
     notes: list[str] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+        version = csv_version(run_dir, resume)
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=version))
     mode = resolve_wandb_mode(cfg.logger.wandb.mode)
     if mode != "disabled" and rank == 0:
         run, notes = _init_wandb(cfg, run_dir, mode)
