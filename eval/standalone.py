@@ -56,7 +56,7 @@ def evaluate_checkpoint(
 
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint '{path}' does not exist.")
+        raise ConfigError(f"Checkpoint '{path}' does not exist.")
     dm = build_datamodule(cfg)
     dm.setup()
     loaded = _lightning_state(path)
@@ -68,10 +68,11 @@ def evaluate_checkpoint(
                 f"{cfg.data.source!r} has {dm.num_classes}; evaluate it on a source with the "
                 f"same classes."
             )
-        clf = Classifier(cfg, num_classes=dm.num_classes)
+        # The weights come from `checkpoint`: a fine-tuned run's init_from may be gone.
+        clf = Classifier(cfg, num_classes=dm.num_classes, init_weights=False)
         clf.load_state_dict(state, strict=True)
     else:
-        clf = Classifier(cfg, num_classes=dm.num_classes)
+        clf = Classifier(cfg, num_classes=dm.num_classes, init_weights=False)
         models.load_weights(clf.net, path)
 
     report = evaluate(

@@ -160,6 +160,18 @@ def test_finetune_antialiased_from_baseline_checkpoint(tmp_path: Path) -> None:
     ft = fit(cfg)  # and it trains from there
     assert ft.last_checkpoint.is_file()
 
+    # The fine-tuned checkpoint is self-contained: it evaluates after its source is gone.
+    from eval.standalone import evaluate_checkpoint
+
+    for path in base.run_dir.glob("checkpoints/*.ckpt"):
+        path.unlink()
+    report = evaluate_checkpoint(ft.last_checkpoint, cfg, tmp_path / "ev", progress=False)
+    assert set(report["splits"]) == {"typical", "atypical"}
+    restored = Classifier.load_from_checkpoint(ft.last_checkpoint, map_location="cpu")
+    assert all(
+        torch.equal(v, _weights(ft.last_checkpoint)[k]) for k, v in restored.state_dict().items()
+    )
+
 
 def test_only_rank_zero_touches_an_existing_run_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import augment
@@ -54,7 +54,11 @@ def _lr_lambda(cfg_optim: Any, total_steps: int, steps_per_epoch: int):
 class Classifier(L.LightningModule):
     """Image classifier for invariance studies; ``config`` is a plain dict or a ``Config``."""
 
-    def __init__(self, config: dict[str, Any] | DictConfig, num_classes: int) -> None:
+    def __init__(
+        self, config: dict[str, Any] | DictConfig, num_classes: int, init_weights: bool = True
+    ) -> None:
+        """``init_weights=False`` skips ``model.pretrained``/``init_from`` (the weights are about
+        to be restored from a checkpoint, and the files they came from may be gone)."""
         super().__init__()
         cfg: Config = from_container(to_container(config))
         # Plain containers only: a DictConfig in hparams breaks weights_only checkpoint loading.
@@ -62,11 +66,20 @@ class Classifier(L.LightningModule):
         self.cfg = cfg
         self.num_classes = num_classes
         self.normalize = Normalize(list(cfg.data.mean), list(cfg.data.std))
-        self.net = models.build(cfg.model, num_classes=num_classes)
+        model_cfg = cfg.model
+        if not init_weights:
+            model_cfg = OmegaConf.merge(model_cfg, {"init_from": None, "pretrained": None})
+        self.net = models.build(model_cfg, num_classes=num_classes)
         self.augment = augment.build(cfg.augment)
         self.eval_split_names: list[str] = []
         if cfg.model.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Classifier:  # type: ignore[override]
+        """Rebuild from a checkpoint; its weights replace any ``init_from``/``pretrained``."""
+        kwargs.setdefault("init_weights", False)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
