@@ -76,7 +76,9 @@ class Classifier(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Classifier:  # type: ignore[override]
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, *args: Any, **kwargs: Any
+    ) -> Classifier:
         """Rebuild from a checkpoint; its weights replace any ``init_from``/``pretrained``."""
         kwargs.setdefault("init_weights", False)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
