@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,9 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     ckpt = _existing_checkpoint(ns.checkpoint)
     base = read_checkpoint_config(ckpt)
     cfg = _load(ns.args, base=base)
-    out = Path(ns.out) if ns.out else ckpt.parent.parent / "reports"
+    # Never over fit's own reports: a fresh folder per evaluation unless --out is given.
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(ns.out) if ns.out else ckpt.parent.parent / "reports" / f"eval-{stamp}"
     report = evaluate_checkpoint(ckpt, cfg, out)
     print(format_table(report))
     print(f"\nReport written to {out}")
@@ -214,7 +217,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "invariance evaluation of a checkpoint or weights file",
         first="checkpoint",
     )
-    p.add_argument("--out", help="output directory (default: the run's reports/)")
+    p.add_argument("--out", help="output directory (default: <run>/reports/eval-<time>/)")
     add("models", cmd_models, "list models, or what antialias() rewrites in one", first="name")
     for name, func, what, n in (
         ("show-augment", cmd_show_augment, "original vs augmented samples", 8),
