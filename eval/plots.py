@@ -91,9 +91,13 @@ def _cosine_maps(report: dict[str, Any], path: Path) -> Path | None:
     if not maps:
         return None
     shift = report["protocol"]["max_shift_px"]
+    # One shared range from the lowest cosine to 1: post-ReLU features keep cosines near 1, and
+    # a fixed 0..1 scale would hide the structure; shared so the splits compare by colour.
+    low = min(min(min(row) for row in cmap) for cmap in maps.values())
     fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.8), squeeze=False)
     for ax, (split, cmap) in zip(axes[0], maps.items(), strict=True):
-        im = ax.imshow(cmap, extent=(-shift, shift, shift, -shift), vmin=0, vmax=1, cmap="viridis")
+        extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)  # pixel-centred cells
+        im = ax.imshow(cmap, extent=extent, vmin=min(low, 0.999), vmax=1, cmap="viridis")
         ax.set_title(f"{split}: feature cosine")
         ax.set_xlabel("dx (px)")
         ax.set_ylabel("dy (px)")
