@@ -5,8 +5,8 @@ offset pair per image, the scale trajectory) goes through the model in one batch
 values are gathered across ranks, then averaged with bootstrap confidence intervals. Scale views
 are re-renderings of the same scene at each scale (``eval.scale_protocol=render``, rendered once
 per split) when the data is a rendering datamodule, otherwise the embed protocol. The report
-follows the schema in the README: ``splits.<split>.<transform>.<metric> = {"mean", "ci": [lo, hi]}`` plus curves,
-``protocol`` (every parameter used) and ``typicality`` (when enabled).
+follows the schema in the README, ``splits.<split>.<transform>.<metric> = {"mean", "ci"}``, plus
+curves, ``protocol`` (every parameter used) and ``typicality`` (when enabled).
 """
 
 from __future__ import annotations
