@@ -78,4 +78,7 @@ class RandomColourJiggle(SeededOp):
         return out.clamp(0, 1)
 
     def extra_repr(self) -> str:
-        return f"strength={self.strength}, hue={self.hue}, p={self.p}, same_on_batch={self.same_on_batch}"
+        return (
+            f"strength={self.strength}, hue={self.hue}, p={self.p}, "
+            f"same_on_batch={self.same_on_batch}"
+        )

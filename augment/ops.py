@@ -41,7 +41,9 @@ def _plain(value: Any) -> Any:
 
 
 def build_op(spec: Mapping[str, Any], same_on_batch: bool = False) -> nn.Module:
-    """Instantiate ``kornia.augmentation.<spec['name']>(**rest)``; bad names/arguments -> ConfigError.
+    """Instantiate ``kornia.augmentation.<spec['name']>(**rest)``.
+
+    Bad names or arguments raise ConfigError listing the valid ones.
 
     ``same_on_batch`` is passed on unless the spec sets it.
     """

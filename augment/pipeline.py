@@ -53,7 +53,8 @@ class Augmenter(nn.Module):
     draws are reproducible and the caller's global RNG state is left untouched. Until ``reseed``
     is called the stream starts from ``torch.initial_seed()`` (set by ``seed_everything``). The
     Classifier reseeds at every epoch from (seed, global rank, epoch): under DDP each rank draws
-    different parameters, and a run resumed at an epoch boundary draws the same ones. Augments in train and eval mode alike (the caller decides when).
+    different parameters, and a run resumed at an epoch boundary draws the same ones. Augments
+    in train and eval mode alike (the caller decides when).
     """
 
     def __init__(self, ops: Sequence[nn.Module] = (), names: Sequence[str] = ()) -> None:

@@ -74,7 +74,10 @@ class PerSamplePolicy(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"num_ops={self.num_ops}, magnitude={self.magnitude}, same_on_batch={self.same_on_batch}"
+        return (
+            f"num_ops={self.num_ops}, magnitude={self.magnitude}, "
+            f"same_on_batch={self.same_on_batch}"
+        )
 
 
 def rand_augment(num_ops: int, magnitude: float, same_on_batch: bool = False) -> PerSamplePolicy:

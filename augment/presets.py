@@ -100,7 +100,7 @@ def rotate(cfg: Any) -> list[nn.Module]:
 
 @register_preset("affine")
 def affine(cfg: Any) -> list[nn.Module]:
-    """Bilinear shift (max_shift_px) + rescaling (``scale``) + rotation (``degrees``) in one warp."""
+    """Bilinear shift (max_shift_px), rescaling (``scale``), rotation (``degrees``): one warp."""
     name = f"affine(shift={cfg.max_shift_px}px, scale={tuple(cfg.scale)}, degrees={cfg.degrees})"
     return [
         _affine(

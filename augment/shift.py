@@ -84,4 +84,7 @@ class RandomIntegerShift(SeededOp):
         return shift_batch(x, shifts.expand(x.shape[0], 2), m, self.pad_fill)
 
     def extra_repr(self) -> str:
-        return f"max_shift_px={self.max_shift_px}, pad_fill={self.pad_fill!r}, same_on_batch={self.same_on_batch}"
+        return (
+            f"max_shift_px={self.max_shift_px}, pad_fill={self.pad_fill!r}, "
+            f"same_on_batch={self.same_on_batch}"
+        )

@@ -123,8 +123,10 @@ def main() -> None:
     }
     ceiling = rates["plain forward (ceiling)"]
 
-    print(f"machine: {platform.platform()} | {platform.processor() or 'cpu'} | "
-          f"{os.cpu_count()} cores | torch {torch.__version__} | threads {args.threads}")  # fmt: skip
+    print(
+        f"machine: {platform.platform()} | {platform.processor() or 'cpu'} | "
+        f"{os.cpu_count()} cores | torch {torch.__version__} | threads {args.threads}"
+    )
     print(
         f"model: {model_name}; {size}px inputs; {views_per_image} views/image "
         f"(centre + {len(offsets)} {ev.trajectory} {ev.protocol} + 2 pair + {len(ev.scales)} "

@@ -63,7 +63,8 @@ def accuracy_by_view(z: Tensor, y: Tensor) -> Tensor:
 
 
 def feature_cosine(f: Tensor, anchor: Tensor) -> Tensor:
-    """``[N, T]``: cosine similarity of each view's features ``f [N, T, D]`` to ``anchor [N, D]``."""
+    """``[N, T]``: cosine similarity of each view's features ``f [N, T, D]`` to ``anchor``
+    ``[N, D]``."""
     if f.ndim != 3 or anchor.shape != (f.shape[0], f.shape[2]):
         raise ValueError(
             f"Expected features [N, T, D] and anchor [N, D], got {tuple(f.shape)} and "

@@ -1,4 +1,4 @@
-"""Evaluate a saved model (our Lightning checkpoint or timm/torchvision weights) without training."""
+"""Evaluate a saved model (our Lightning checkpoint, or timm/torchvision weights) as it is."""
 
 from __future__ import annotations
 

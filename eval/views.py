@@ -126,7 +126,8 @@ def translation_source(
         return images, margin, 0
     if margin > 0:
         raise ConfigError(
-            f"eval.max_shift_px={max_shift} exceeds the held-out rendering's margin of {margin} px: "
+            f"eval.max_shift_px={max_shift} exceeds the held-out rendering's margin of "
+            f"{margin} px: "
             f"raise data.eval_margin_px to at least {need} or lower eval.max_shift_px."
         )
     if pad_mode not in PAD_MODES:
@@ -252,5 +253,6 @@ def scale_views(
 
 
 def rendered_scale_views(renders: Tensor, size: int) -> Tensor:
-    """Float ``[N, T, C, size, size]``: central crops of re-rendered scale views ``[N, T, C, H, W]``."""
+    """Float ``[N, T, C, size, size]``: central crops of re-rendered scale views
+    ``[N, T, C, H, W]``."""
     return to_float(center_crop(renders, size))

@@ -49,7 +49,7 @@ def make_data(n: int = 12, num_classes: int = 4) -> dict[str, tuple[Tensor, Tens
 
 
 class PointwiseGAP(nn.Module):
-    """1x1 conv -> ReLU -> global average pooling -> Linear: exactly invariant to circular shifts."""
+    """1x1 conv -> ReLU -> global average pool -> Linear: exactly invariant to circular shifts."""
 
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()

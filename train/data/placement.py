@@ -20,7 +20,7 @@ class Placement:
 
 
 def sample_placement(p: PlacementConfig, n: int, rng: np.random.Generator) -> Placement:
-    """Draw ``n`` placements: the offset from ``p.position``, the scale log-uniform in ``p.scale``."""
+    """Draw ``n`` placements: offsets from ``p.position``, scales log-uniform in ``p.scale``."""
     lo, hi = float(p.scale[0]), float(p.scale[1])
     scale = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
     if p.position == "gaussian":
