@@ -36,6 +36,7 @@ from eval.views import (
     to_float,
     trajectory,
     translate_views,
+    translation_source,
 )
 from train.config import ConfigError
 
@@ -360,6 +361,25 @@ def _typicality_report(
 
 
 # ----------------------------------------------------------------------------------- evaluate
+def preflight(cfg_eval: Any, data: Any, image_size: int) -> EvalPlan:
+    """Check the evaluation settings against the data in milliseconds, before any training.
+
+    Raises ``ConfigError`` for what would otherwise only fail when the evaluation runs: unknown
+    choices, a trajectory longer than the held-out margin, an empty split.
+    """
+    plan = make_plan(cfg_eval, image_size)
+    for name in cfg_eval.splits:
+        images = data.split(name).images if hasattr(data, "split") else data[name][0]
+        if len(images) == 0:
+            raise ConfigError(
+                f"eval.splits names '{name}', which has no images: set data.n_{name} > 0 or "
+                f"remove it from eval.splits."
+            )
+        if "translate" in plan.transforms and plan.protocol in ("crop", "subpixel"):
+            translation_source(images[:1], plan.size, plan.max_shift, plan.pad_mode)
+    return plan
+
+
 def evaluate(
     model: nn.Module,
     data: Any,

@@ -101,6 +101,16 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
         assert resumed.metrics["splits"][split]["accuracy"] == pytest.approx(values["accuracy"])
 
 
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [("eval.max_shift_px=3", "data.eval_margin_px"), ("data.n_typical=0", "data.n_typical")],
+)
+def test_eval_settings_fail_before_training(tmp_path: Path, override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        fit(tiny_config(tmp_path, override))  # tiny margin: 2 px
+    assert not (tmp_path / "default" / "checkpoints").exists()  # nothing was trained
+
+
 def test_existing_run_is_never_clobbered(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "eval.enabled=false")
     fit(cfg)

@@ -137,6 +137,9 @@ def fit(
     monitor = None
     if cfg.eval.enabled:
         from eval.callback import InvarianceMonitor
+        from eval.runner import preflight
+
+        preflight(cfg.eval, dm, cfg.data.image_size)  # fail now, not after training
 
         monitor = InvarianceMonitor(cfg.eval, image_size=cfg.data.image_size, out_dir=run_dir)
         all_callbacks.append(monitor)
