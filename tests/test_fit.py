@@ -9,7 +9,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.conftest import DEFAULT_YAML, tiny_config
 from train.config import ConfigError, load_config
 from train.fit import fit
 from train.module import Classifier
@@ -202,3 +202,17 @@ def test_only_rank_zero_touches_an_existing_run_dir(
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     prepare_run_dir(cfg, resume=False, overwrite=True)
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_default_config_reaches_the_quickstart_accuracy(tmp_path: Path) -> None:
+    """`make demo`'s promise: >= 85% on typical images, and atypical images far less stable."""
+    cfg = load_config(
+        DEFAULT_YAML,
+        overrides=[f"out_dir={tmp_path}", "logger.wandb.mode=disabled", "trainer.accelerator=cpu"],
+    )
+    result = fit(cfg)
+    assert result.accuracy("typical") >= 0.85
+    inv = result.metrics["invariance"]["splits"]
+    typical, atypical = (inv[s]["translate"]["p_change"] for s in ("typical", "atypical"))
+    assert typical["ci"][1] < atypical["ci"][0]  # the intervals do not overlap
