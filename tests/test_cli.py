@@ -93,3 +93,33 @@ def test_fit_eval_models_show_augment(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "atypical" in out and "ring" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_local_sweep_runs_each_point_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = tmp_path / "grid.yaml"
+    sweep.write_text(
+        "method: grid\n"
+        "parameters:\n"
+        "  model.antialias.method: {values: [none, blur]}\n"
+        "  seed: {values: [0, 1]}\n"
+    )
+    base = [str(DEFAULT_YAML), *TINY_OVERRIDES, f"out_dir={tmp_path}", "eval.enabled=false"]
+    assert main(["sweep", str(sweep), *base, "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(": planned") == 4
+    assert main(["sweep", str(sweep), *base]) == 0
+    runs = sorted(p.parent.name for p in tmp_path.glob("*/metrics.json"))
+    assert runs == [
+        "grid-method_blur-seed_0",
+        "grid-method_blur-seed_1",
+        "grid-method_none-seed_0",
+        "grid-method_none-seed_1",
+    ]
+    stored = (tmp_path / "grid-method_blur-seed_1" / "config.yaml").read_text()
+    assert "method: blur" in stored and "seed: 1" in stored
+    capsys.readouterr()
+    assert main(["sweep", str(sweep), *base]) == 0  # finished points are skipped
+    assert capsys.readouterr().out.count(": skipped") == 4
+    sweep.write_text("method: bayes\nparameters: {seed: {values: [0]}}\n")
+    assert main(["sweep", str(sweep), *base]) == 2

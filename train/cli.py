@@ -153,6 +153,16 @@ def cmd_show_data(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(ns: argparse.Namespace) -> int:
+    from train.sweep import run_sweep
+
+    yamls, overrides = _split_args(ns.args)
+    results = run_sweep(ns.sweep, yamls, overrides, dry_run=ns.dry_run, report=print)
+    done = sum(status == "done" for _, status in results)
+    print(f"\n{len(results)} points, {done} trained now. Compare them: invlab compare <runs>")
+    return 0
+
+
 def cmd_compare(ns: argparse.Namespace) -> int:
     from eval.compare import format_comparison, load_runs, save_comparison_plot
 
@@ -226,6 +236,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p = add(name, func, f"save a PNG of {what}")
         p.add_argument("--out", default=f"{name.split('-')[1]}_samples.png", help="PNG path")
         p.add_argument("-n", type=int, default=n, help="images (per row)")
+    p = sub.add_parser(
+        "sweep",
+        help="run a sweep's grid here, one fit after another (finished points are skipped)",
+    )
+    p.add_argument("sweep", help="a W&B grid sweep YAML, e.g. configs/sweeps/ablation.yaml")
+    p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help="base config + overrides")
+    p.add_argument("--dry-run", action="store_true", help="list the points, train nothing")
+    p.set_defaults(func=cmd_sweep)
+    commands["sweep"] = p
+
     p = sub.add_parser("compare", help="finished runs side by side (ablation table + plot)")
     p.add_argument("runs", nargs="+", help="run directories, e.g. runs/*")
     p.add_argument("--out", help="also save a bar plot (PNG)")
