@@ -103,7 +103,12 @@ class InvDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------- splits
     def margin(self, split: str) -> int:
-        return 0 if split == "train" else int(self.cfg.data.eval_margin_px)
+        """Real extra pixels around the model input: held-out renderings only. Images used as
+        they are (``data.render=false``) have none — resizing them larger would change their
+        scale against training — so shift evaluation pads them (``eval.pad_mode``)."""
+        if split == "train" or not self.cfg.data.render:
+            return 0
+        return int(self.cfg.data.eval_margin_px)
 
     def _split_spec(self, split: str) -> tuple[ObjectPool, PlacementConfig, np.ndarray]:
         d = self.cfg.data
