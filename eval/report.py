@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from eval.runner import SCALAR_METRICS, TRANSFORMS
+from train.files import atomic_write_text
 
 COLUMNS = {
     "p_change": "P(top-1 change)",
@@ -74,14 +73,4 @@ def format_table(report: dict[str, Any]) -> str:
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
     """Write ``report`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(report, fh, indent=2, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(report, indent=2, allow_nan=True))

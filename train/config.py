@@ -23,6 +23,8 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from train.files import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A user-facing configuration mistake; the CLI prints it without a traceback (exit 2)."""
@@ -517,12 +519,8 @@ def from_container(data: dict[str, Any]) -> Config:
 
 
 def save_config(cfg: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
-    tmp.replace(path)
-    return path
+    """The resolved config as YAML, written atomically."""
+    return atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
 
 
 def to_yaml(cfg: Any) -> str:

@@ -7,7 +7,6 @@ Run directory ``<out_dir>/<name>/``: ``config.yaml``, ``checkpoints/{last,best-*
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from eval.report import write_json
 from train.config import Config, ConfigError, save_config, to_container
 from train.data import build_datamodule
 from train.loggers import build_loggers
@@ -38,15 +38,6 @@ class FitResult:
 
     def accuracy(self, split: str) -> float:
         return float(self.metrics["splits"][split]["accuracy"])
-
-
-def write_json(data: Any, path: Path) -> Path:
-    """Atomic JSON write: a crash never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    tmp.replace(path)
-    return path
 
 
 def global_rank() -> int:
