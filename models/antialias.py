@@ -178,6 +178,24 @@ def _check(method: str, filt_size: int, pad_mode: str) -> None:
     BlurDownsample(1, 1, pad_mode)  # validates pad_mode
 
 
+def _targets(
+    model: nn.Module, method: str, skip_first: bool, input_size: int
+) -> list[tuple[str, nn.Module, str | None]]:
+    """Every downsampling layer with why it is kept (None: it is rewritten): the one walk that
+    :func:`antialias` and its dry run :func:`antialias_plan` share (arguments already checked)."""
+    modules = _candidates(model)
+    skipped = _skipped(model, modules, input_size) if skip_first else set()
+    targets = []
+    for name, m in modules:
+        kept = None
+        if name in skipped:
+            kept = "kept (skip_first)"
+        elif not _rewritten_by(method, m):
+            kept = "kept" if method == "none" else f"kept ({method}: pools only)"
+        targets.append((name, m, kept))
+    return targets
+
+
 def antialias_plan(
     model: nn.Module,
     method: str = "blur",
@@ -190,16 +208,9 @@ def antialias_plan(
     layer, in module order. Layers kept by ``skip_first`` have the rewrite ``"kept (skip_first)"``.
     """
     _check(method, filt_size, pad_mode)
-    modules = _candidates(model)
-    skipped = _skipped(model, modules, input_size) if skip_first else set()
     plan = []
-    for name, m in modules:
-        if name in skipped:
-            rewrite = "kept (skip_first)"
-        elif not _rewritten_by(method, m):
-            rewrite = "kept" if method == "none" else f"kept ({method}: pools only)"
-        else:
-            rewrite = _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode)
+    for name, m, kept in _targets(model, method, skip_first, input_size):
+        rewrite = kept or _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode)
         plan.append((name, describe_layer(m), rewrite))
     return plan
 
@@ -232,11 +243,9 @@ def antialias(
     _check(method, filt_size, pad_mode)
     if method == "none":
         return model
-    modules = _candidates(model)
-    skipped = _skipped(model, modules, input_size) if skip_first else set()
     param = next(model.parameters(), None)
-    for name, m in modules:
-        if name in skipped or not _rewritten_by(method, m):
+    for name, m, kept in _targets(model, method, skip_first, input_size):
+        if kept:
             continue
         down = _downsampler(method, _stride(m), filt_size, pad_mode)
         if param is not None:

@@ -12,6 +12,7 @@ block): image ``i`` of a split is a pure function of (seed, split, i), whatever 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -128,37 +129,50 @@ def render_split(
     instances. ``scale_factor`` multiplies every drawn scale (same instances, offsets and
     backgrounds otherwise: views of one image at nearby scales).
     """
-    positions = np.arange(n) if positions is None else np.asarray(positions)
     raster = max(math.ceil(object_px * float(placement.scale[1]) * scale_factor), 2)
-    images = torch.empty(n, 3, canvas, canvas, dtype=torch.uint8)
-    labels = torch.empty(n, dtype=torch.long)
-    indices = torch.empty(n, dtype=torch.long)
-    for start in range(0, n, WORK):
-        stop = min(start + WORK, n)
-        objects = pool.take(pool.instances(positions[start:stop], seed), raster)
+
+    def render(objects: Objects, start: int, stop: int) -> Tensor:
         place, bg = draw_split_params(placement, canvas, seed, split, start, stop)
         place.scale = place.scale * scale_factor
-        images[start:stop] = composite(objects, place, bg, canvas, object_px, raster)
-        labels[start:stop] = objects.labels
-        indices[start:stop] = objects.indices
-    return images, labels, indices
+        return composite(objects, place, bg, canvas, object_px, raster)
+
+    return _in_chunks(pool, n, seed, positions, raster, canvas, render)
 
 
 def resize_split(
     pool: ObjectPool, n: int, *, seed: int, size: int, positions: np.ndarray | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``data.render=false``: source images as they are (masked ones over black), resized."""
+
+    def resize(objects: Objects, start: int, stop: int) -> Tensor:
+        rgb = _rgba(objects)[:, :3]
+        if rgb.shape[-1] != size or rgb.shape[-2] != size:
+            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True)
+        return (rgb * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+    return _in_chunks(pool, n, seed, positions, size, size, resize)
+
+
+def _in_chunks(
+    pool: ObjectPool,
+    n: int,
+    seed: int,
+    positions: np.ndarray | None,
+    raster: int,
+    size: int,
+    make: Callable[[Objects, int, int], Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fill ``n`` uint8 images of ``size`` px, ``WORK`` at a time (bounded memory): ``make``
+    turns the pool's objects (rastered at ``raster`` px) at positions [start, stop) into images.
+    Returns (images, labels, pool indices)."""
     positions = np.arange(n) if positions is None else np.asarray(positions)
     images = torch.empty(n, 3, size, size, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
     indices = torch.empty(n, dtype=torch.long)
     for start in range(0, n, WORK):
         stop = min(start + WORK, n)
-        objects = pool.take(pool.instances(positions[start:stop], seed), size)
-        rgb = _rgba(objects)[:, :3]
-        if rgb.shape[-1] != size or rgb.shape[-2] != size:
-            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True)
-        images[start:stop] = (rgb * 255).round_().clamp_(0, 255).to(torch.uint8)
+        objects = pool.take(pool.instances(positions[start:stop], seed), raster)
+        images[start:stop] = make(objects, start, stop)
         labels[start:stop] = objects.labels
         indices[start:stop] = objects.indices
     return images, labels, indices
