@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from eval.distributed import LightningGather
 from eval.report import scalars, write_json
 from eval.runner import SCALAR_METRICS, TRANSFORMS, evaluate
+from train.provenance import collect_provenance
 
 
 class InvarianceMonitor(L.Callback):
@@ -22,14 +23,25 @@ class InvarianceMonitor(L.Callback):
     sanity check) and once when training ends. Images are sharded across ranks and gathered, so
     the report equals a single-process run. Logs ``invariance/<split>/<transform>/<metric>`` to
     every logger, writes ``<out_dir>/reports/invariance_epoch<E>.json`` (and plots) on rank 0 and
-    keeps the last report in ``final_report``.
+    keeps the last report in ``final_report``. Each report's ``provenance`` names ``checkpoint``
+    (the file the evaluated weights are saved to, e.g. ``last.ckpt``) with the trainer's
+    ``global_step`` and ``current_epoch`` (after training: the number of epochs run).
     """
 
-    def __init__(self, cfg_eval: Any, image_size: int, out_dir: str | Path) -> None:
+    def __init__(
+        self,
+        cfg_eval: Any,
+        image_size: int,
+        out_dir: str | Path,
+        checkpoint: str | Path | None = None,
+        context: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
+        self.context = dict(context or {})  # copied into every report (e.g. training set-up)
         self.cfg = cfg_eval
         self.image_size = int(image_size)
         self.out_dir = Path(out_dir)
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
         self._report: dict[str, Any] | None = None
         self._last_step: int | None = None
         self._created = time.time()
@@ -67,8 +79,16 @@ class InvarianceMonitor(L.Callback):
             gather=LightningGather(pl_module),
         )
         epoch = trainer.current_epoch
+        report.update(self.context)
         report["epoch"] = epoch
         report["global_step"] = trainer.global_step
+        report["provenance"] = collect_provenance(
+            device=pl_module.device,
+            checkpoint=self.checkpoint,
+            global_step=trainer.global_step,
+            epoch=epoch,
+            relative_to=self.out_dir,
+        )
         self._last_step = trainer.global_step
         self._report = report
         if trainer.is_global_zero:

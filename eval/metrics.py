@@ -73,16 +73,59 @@ def feature_cosine(f: Tensor, anchor: Tensor) -> Tensor:
     return F.cosine_similarity(f.float(), anchor.float()[:, None, :], dim=-1)
 
 
+def _clusters(values: Tensor, groups: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per-cluster (sum, count) of ``values``; every image is its own cluster without groups."""
+    values = values.detach().flatten().double().cpu()
+    if groups is None:
+        return values, torch.ones_like(values)
+    groups = groups.detach().flatten().cpu()
+    if groups.shape != values.shape:
+        raise ValueError(f"groups {tuple(groups.shape)} do not match values {tuple(values.shape)}")
+    _, inverse = torch.unique(groups, return_inverse=True)
+    k = int(inverse.max()) + 1 if inverse.numel() else 0
+    sums = torch.zeros(k, dtype=torch.float64).index_add_(0, inverse, values)
+    counts = torch.zeros(k, dtype=torch.float64).index_add_(0, inverse, torch.ones_like(values))
+    return sums, counts
+
+
+def bootstrap_means(
+    values: Tensor, n_resamples: int = 1000, seed: int = 0, groups: Tensor | None = None
+) -> Tensor:
+    """``[n_resamples]`` means of bootstrap resamples of per-image ``values``.
+
+    With ``groups`` (e.g. the instance each image shows) whole groups are resampled with
+    replacement and each resample's mean is over all images of the drawn groups: images that
+    reuse an instance are not counted as independent. Seeded; drawn in blocks to bound memory.
+    """
+    sums, counts = _clusters(values, groups)
+    k = sums.numel()
+    gen = torch.Generator().manual_seed(seed)
+    block = max(1, (1 << 22) // max(k, 1))
+    means = []
+    for start in range(0, n_resamples, block):
+        rows = min(block, n_resamples - start)
+        idx = torch.randint(0, k, (rows, k), generator=gen)
+        means.append(sums[idx].sum(1) / counts[idx].sum(1))
+    return torch.cat(means) if means else torch.empty(0, dtype=torch.float64)
+
+
+def _interval(means: Tensor, level: float) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2.0
+    q = torch.quantile(means, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64))
+    return float(q[0]), float(q[1])
+
+
 def bootstrap_ci(
     values: Tensor,
     n_resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    groups: Tensor | None = None,
 ) -> tuple[float, float, float]:
     """Mean of per-image ``values`` and its percentile-bootstrap interval ``(mean, lo, hi)``.
 
-    Images are resampled with replacement ``n_resamples`` times from a seeded generator, so the
-    interval is reproducible; resamples are drawn in blocks to bound memory for large ``N``.
+    Images (or, with ``groups``, whole groups of images) are resampled with replacement
+    ``n_resamples`` times from a seeded generator, so the interval is reproducible.
     """
     values = values.detach().flatten().double().cpu()
     n = values.numel()
@@ -90,15 +133,33 @@ def bootstrap_ci(
         nan = float("nan")
         return nan, nan, nan
     mean = float(values.mean())
-    if n_resamples <= 0 or n == 1:
+    distinct = n if groups is None else int(torch.unique(groups.flatten().cpu()).numel())
+    if n_resamples <= 0 or distinct == 1:
         return mean, mean, mean
-    gen = torch.Generator().manual_seed(seed)
-    block = max(1, (1 << 22) // n)
-    means = []
-    for start in range(0, n_resamples, block):
-        rows = min(block, n_resamples - start)
-        idx = torch.randint(0, n, (rows, n), generator=gen)
-        means.append(values[idx].mean(1))
-    alpha = (1.0 - level) / 2.0
-    q = torch.quantile(torch.cat(means), torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64))
-    return mean, float(q[0]), float(q[1])
+    lo, hi = _interval(bootstrap_means(values, n_resamples, seed, groups), level)
+    return mean, lo, hi
+
+
+def bootstrap_diff_ci(
+    a: Tensor,
+    b: Tensor,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    groups_a: Tensor | None = None,
+    groups_b: Tensor | None = None,
+) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` for two independent samples and its percentile-bootstrap interval:
+    each sample is resampled on its own (by groups when given), from independent streams."""
+    a = a.detach().flatten().double().cpu()
+    b = b.detach().flatten().double().cpu()
+    if a.numel() == 0 or b.numel() == 0:
+        nan = float("nan")
+        return nan, nan, nan
+    diff = float(a.mean() - b.mean())
+    if n_resamples <= 0:
+        return diff, diff, diff
+    ma = bootstrap_means(a, n_resamples, seed, groups_a)
+    mb = bootstrap_means(b, n_resamples, seed + 1_000_003, groups_b)
+    lo, hi = _interval(ma - mb, level)
+    return diff, lo, hi

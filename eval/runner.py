@@ -1,12 +1,20 @@
 """``evaluate``: invariance of a model to translations and rescalings, per held-out split.
 
 For each chunk of images every view (the central crop, the translation trajectory, a random
-offset pair per image, the scale trajectory) goes through the model in one batch; per-image
-values are gathered across ranks, then averaged with bootstrap confidence intervals. Scale views
-are re-renderings of the same scene at each scale (``eval.scale_protocol=render``, rendered once
-per split) when the data is a rendering datamodule, otherwise the embed protocol. The report
-follows the schema in the README, ``splits.<split>.<transform>.<metric> = {"mean", "ci"}``, plus
-curves, ``protocol`` (every parameter used) and ``typicality`` (when enabled).
+pair of distinct offsets per image, the scale trajectory) goes through the model in one batch;
+per-image values are gathered across ranks, then averaged with bootstrap confidence intervals
+(over instances: images that reuse an instance are resampled together). Scale views are
+re-renderings of the same scene at each scale (``eval.scale_protocol=render``) when the data is
+a rendering datamodule, otherwise the embed protocol.
+
+The report follows ``splits.<split>.<transform>.<metric> = {"mean", "ci"}``. Per transform,
+``accuracy`` and ``worst_case_accuracy`` come from the protocol's own views (``accuracy`` at its
+reference view: no shift, scale 1); ``given_correct`` repeats every metric on the images
+classified correctly at that reference view (accuracy confounds stability); ``gap_to_typical``
+gives, for every split but ``typical``, the difference to ``typical`` of every metric with a
+bootstrap interval (independent samples); ``in_frame`` the fraction of views (and of images at
+every view) with the object wholly inside the model window. Plus curves, ``homogeneity``,
+``protocol`` (every parameter used) and ``typicality`` (when enabled).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from eval import metrics, typicality
+from eval import homogeneity, metrics, typicality
 from eval.distributed import GatherFn, gather_values, rank_and_world, shard_indices
 from eval.typicality import PenultimateFeatures
 from eval.views import (
@@ -30,8 +38,11 @@ from eval.views import (
     SCALE_PROTOCOLS,
     TRAJECTORIES,
     center_crop,
+    distinct_pairs,
+    in_frame,
     random_pair_offsets,
     rendered_scale_views,
+    scale_embed_size,
     scale_views,
     to_float,
     trajectory,
@@ -42,6 +53,10 @@ from train.config import ConfigError
 
 TRANSFORMS = ("translate", "scale")
 SCALAR_METRICS = ("p_change", "mac", "consistency", "worst_case_accuracy")
+# Per transform: accuracy at the protocol's reference view, then the invariance metrics.
+TRANSFORM_METRICS = ("accuracy", *SCALAR_METRICS)
+REFERENCE = "typical"  # the split every other split is compared with
+LOCAL_PX = 2  # grid trajectories: "local" invariance = shifts of at most this many px per axis
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,7 @@ class EvalPlan:
     offsets: Tensor  # [T, 2] (dy, dx)
     pad_mode: str
     fill: str
-    embed_size: float
+    embed_size: float | None
     scales: tuple[float, ...]
     scale_protocol: str  # requested; ``render`` falls back to ``embed`` (see ``renders_scales``)
     seed: int
@@ -102,8 +117,13 @@ def make_plan(cfg_eval: Any, image_size: int) -> EvalPlan:
             f"eval.subpixel_step={step:g}."
         )
     scales = tuple(float(s) for s in cfg_eval.scales)
-    if "scale" in cfg_eval.transforms and len(scales) < 2:
-        raise ConfigError(f"eval.scales needs at least two scales, got {list(scales)}.")
+    if "scale" in cfg_eval.transforms and len(set(scales)) < 2:
+        raise ConfigError(f"eval.scales needs at least two different scales, got {list(scales)}.")
+    if cfg_eval.embed_size is not None and not 0 < cfg_eval.embed_size <= 1:
+        raise ConfigError(
+            f"eval.embed_size must be in (0, 1] or null (keep the object scale), got "
+            f"{cfg_eval.embed_size}."
+        )
     return EvalPlan(
         size=int(image_size),
         transforms=tuple(cfg_eval.transforms),
@@ -114,7 +134,7 @@ def make_plan(cfg_eval: Any, image_size: int) -> EvalPlan:
         offsets=trajectory(cfg_eval.trajectory, float(cfg_eval.max_shift_px), step),
         pad_mode=_choice("pad_mode", cfg_eval.pad_mode, PAD_MODES),
         fill=_choice("fill", cfg_eval.fill, FILLS),
-        embed_size=float(cfg_eval.embed_size),
+        embed_size=None if cfg_eval.embed_size is None else float(cfg_eval.embed_size),
         scales=scales,
         scale_protocol=_choice("scale_protocol", cfg_eval.scale_protocol, SCALE_PROTOCOLS),
         seed=int(cfg_eval.seed),
@@ -122,20 +142,41 @@ def make_plan(cfg_eval: Any, image_size: int) -> EvalPlan:
 
 
 # ------------------------------------------------------------------------------------- inputs
-def _as_pair(item: Any, name: str) -> tuple[Tensor, Tensor]:
+@dataclass
+class _Split:
+    images: Tensor
+    labels: Tensor
+    groups: Tensor | None = None  # the instance each image shows (bootstrap unit)
+    scene: Any = None  # object placements of rendered splits (in-frame geometry)
+
+
+def _as_split(item: Any, name: str) -> _Split:
     if hasattr(item, "images") and hasattr(item, "labels"):
-        return item.images, item.labels
-    if isinstance(item, (tuple, list)) and len(item) == 2:
-        return item[0], item[1]
-    raise TypeError(f"Split {name!r} must be (images, labels) or have .images/.labels.")
+        return _Split(
+            item.images, item.labels, getattr(item, "indices", None), getattr(item, "scene", None)
+        )
+    if isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        return _Split(*item)
+    raise TypeError(
+        f"Split {name!r} must be (images, labels[, instance ids]) or have .images/.labels."
+    )
 
 
-def _get_split(data: Any, name: str) -> tuple[Tensor, Tensor]:
+def _get_split(data: Any, name: str) -> _Split:
     if isinstance(data, Mapping):
         if name not in data:
             raise KeyError(f"Split {name!r} is missing; available: {', '.join(map(str, data))}.")
-        return _as_pair(data[name], name)
-    return _as_pair(data.split(name), name)  # a datamodule that has been set up
+        return _as_split(data[name], name)
+    return _as_split(data.split(name), name)  # a datamodule that has been set up
+
+
+def split_names(data: Any, cfg_eval: Any) -> list[str]:
+    """``eval.splits``, or (null) every held-out split of ``data``."""
+    if cfg_eval.splits is not None:
+        return list(cfg_eval.splits)
+    if isinstance(data, Mapping):
+        return [s for s in data if s not in ("train", "val")]
+    return list(getattr(data, "heldout_names", ("typical", "atypical")))
 
 
 def renders_scales(data: Any) -> bool:
@@ -286,19 +327,71 @@ class _SplitEvaluator:
 
 
 # --------------------------------------------------------------------------------- aggregation
-def _ci(values: Tensor, cfg_eval: Any) -> dict[str, Any]:
+def _ci(values: Tensor, cfg_eval: Any, groups: Tensor | None = None) -> dict[str, Any]:
     mean, lo, hi = metrics.bootstrap_ci(
-        values, int(cfg_eval.n_bootstrap), float(cfg_eval.ci_level), int(cfg_eval.seed)
+        values, int(cfg_eval.n_bootstrap), float(cfg_eval.ci_level), int(cfg_eval.seed), groups
     )
     return {"mean": mean, "ci": [lo, hi]}
 
 
-def _summary(values: dict[str, Tensor], plan: EvalPlan, cfg_eval: Any, curves: bool) -> dict:
+def _diff(
+    a: Tensor, b: Tensor, cfg_eval: Any, groups_a: Tensor | None, groups_b: Tensor | None
+) -> dict[str, Any]:
+    diff, lo, hi = metrics.bootstrap_diff_ci(
+        a,
+        b,
+        int(cfg_eval.n_bootstrap),
+        float(cfg_eval.ci_level),
+        int(cfg_eval.seed),
+        groups_a,
+        groups_b,
+    )
+    return {"mean": diff, "ci": [lo, hi]}
+
+
+def _metric_values(values: dict[str, Tensor], plan: EvalPlan, tr: str) -> dict[str, Tensor]:
+    """Per-image values of ``TRANSFORM_METRICS`` for one transform; ``accuracy`` is correctness
+    at the protocol's reference view (no shift; the scale nearest 1)."""
+    anchor = plan.anchor if tr == "translate" else plan.scale_anchor
+    correct = values[f"{tr}/correct_by_view"]
+    reference = correct[:, anchor] if anchor is not None else values["accuracy"]
+    out = {"accuracy": reference}
+    out.update({m: values[f"{tr}/{m}"] for m in SCALAR_METRICS})
+    return out
+
+
+def _sub(groups: Tensor | None, mask: Tensor) -> Tensor | None:
+    return None if groups is None else groups[mask]
+
+
+def _summary(
+    values: dict[str, Tensor],
+    plan: EvalPlan,
+    cfg_eval: Any,
+    curves: bool,
+    groups: Tensor | None = None,
+) -> dict:
     """Scalars with CIs (and curves when ``curves``) from gathered per-image values."""
-    out: dict[str, Any] = {"n_images": int(values["accuracy"].numel())}
-    out["accuracy"] = _ci(values["accuracy"], cfg_eval)
+    n = int(values["accuracy"].numel())
+    distinct = n if groups is None else int(torch.unique(groups).numel())
+    out: dict[str, Any] = {"n_images": n, "n_instances": distinct}
+    out["accuracy"] = _ci(values["accuracy"], cfg_eval, groups)
     for tr in plan.transforms:
-        block: dict[str, Any] = {m: _ci(values[f"{tr}/{m}"], cfg_eval) for m in SCALAR_METRICS}
+        per = _metric_values(values, plan, tr)
+        block: dict[str, Any] = {m: _ci(per[m], cfg_eval, groups) for m in TRANSFORM_METRICS}
+        correct = per["accuracy"] > 0.5
+        block["given_correct"] = {"n_images": int(correct.sum())}
+        for m in SCALAR_METRICS:
+            block["given_correct"][m] = _ci(per[m][correct], cfg_eval, _sub(groups, correct))
+        frame = values.get(f"{tr}/in_frame")
+        block["in_frame"] = (
+            None
+            if frame is None
+            else {
+                "views": float(frame.double().mean()),
+                "images": float(frame.all(1).double().mean()),
+            }
+        )
         if curves:
             block["accuracy_by_view"] = values[f"{tr}/correct_by_view"].double().mean(0).tolist()
             steps = values.get(f"{tr}/change_by_step")
@@ -316,25 +409,71 @@ def _summary(values: dict[str, Tensor], plan: EvalPlan, cfg_eval: Any, curves: b
                     block["cosine_map"] = cos.double().mean(0).view(g, g).tolist()
             else:
                 block["scales"] = list(plan.scales)
+        if tr == "translate" and plan.grid and values.get("translate/cosine") is not None:
+            # Lee et al.: local (shifts within LOCAL_PX per axis) vs global (the whole grid)
+            cos = values["translate/cosine"].double()
+            local = plan.offsets.abs().amax(1) <= LOCAL_PX
+            block["cosine_local"] = _ci(cos[:, local].mean(1), cfg_eval, groups)
+            block["cosine_global"] = _ci(cos.mean(1), cfg_eval, groups)
         out[tr] = block
     return out
 
 
+def add_gaps(
+    report: dict[str, Any],
+    per_split: dict[str, dict[str, Tensor]],
+    groups: dict[str, Tensor | None],
+    plan: EvalPlan,
+    cfg_eval: Any,
+) -> None:
+    """``gap_to_typical`` blocks: every split's difference to ``typical`` for every metric (and
+    every conditional metric), with a bootstrap interval over the two independent samples."""
+    if REFERENCE not in per_split:
+        return
+    ref, ref_groups = per_split[REFERENCE], groups.get(REFERENCE)
+    for split, values in per_split.items():
+        if split == REFERENCE:
+            continue
+        g = groups.get(split)
+        block = report["splits"][split]
+        block["gap_to_typical"] = {
+            "accuracy": _diff(values["accuracy"], ref["accuracy"], cfg_eval, g, ref_groups)
+        }
+        for tr in plan.transforms:
+            a, b = _metric_values(values, plan, tr), _metric_values(ref, plan, tr)
+            gap = {m: _diff(a[m], b[m], cfg_eval, g, ref_groups) for m in TRANSFORM_METRICS}
+            ca, cb = a["accuracy"] > 0.5, b["accuracy"] > 0.5
+            gap["given_correct"] = {
+                m: _diff(a[m][ca], b[m][cb], cfg_eval, _sub(g, ca), _sub(ref_groups, cb))
+                for m in SCALAR_METRICS
+            }
+            block[tr]["gap_to_typical"] = gap
+
+
 def _typicality_report(
-    per_split: dict[str, dict[str, Tensor]], plan: EvalPlan, cfg_eval: Any, n_reference: int
+    per_split: dict[str, dict[str, Tensor]],
+    groups: dict[str, Tensor | None],
+    plan: EvalPlan,
+    cfg_eval: Any,
+    n_reference: int,
 ) -> dict[str, Any]:
     tcfg = cfg_eval.typicality
-    pooled = {
-        k: torch.cat([v[k] for v in per_split.values()]) for k in next(iter(per_split.values()))
-    }
+    keys = set.intersection(*(set(v) for v in per_split.values()))
+    pooled = {k: torch.cat([v[k] for v in per_split.values()]) for k in sorted(keys)}
+    pooled_groups = None
+    if all(g is not None for g in groups.values()):  # instances of different splits differ
+        pooled_groups = torch.cat(
+            [g.long() + (i << 40) for i, g in enumerate(groups.values())]  # type: ignore[union-attr]
+        )
     scores = pooled["typicality/score"]
     typical, atypical = typicality.quantile_masks(scores, float(tcfg.quantile))
     idx, edges = typicality.bin_index(scores, int(tcfg.n_bins))
     subsets = {}
     for name, mask in (("typical", typical), ("atypical", atypical)):
         sub = {k: v[mask] for k, v in pooled.items()}
-        block = _summary(sub, plan, cfg_eval, curves=True)
-        block["score"] = _ci(sub["typicality/score"], cfg_eval)
+        sub_groups = _sub(pooled_groups, mask)
+        block = _summary(sub, plan, cfg_eval, curves=True, groups=sub_groups)
+        block["score"] = _ci(sub["typicality/score"], cfg_eval, sub_groups)
         subsets[name] = block
     curve: dict[str, Any] = {
         "bin_edges": edges.tolist(),
@@ -368,11 +507,12 @@ def preflight(cfg_eval: Any, data: Any, image_size: int) -> EvalPlan:
     choices, a trajectory longer than the held-out margin, an empty split.
     """
     plan = make_plan(cfg_eval, image_size)
-    for name in cfg_eval.splits:
-        images = data.split(name).images if hasattr(data, "split") else data[name][0]
+    for name in split_names(data, cfg_eval):
+        images = _get_split(data, name).images
         if len(images) == 0:
+            key = f"data.n_{name}" if name in ("train", "val") else f"data.heldout.{name}.n"
             raise ConfigError(
-                f"eval.splits names '{name}', which has no images: set data.n_{name} > 0 or "
+                f"eval.splits names '{name}', which has no images: set {key} > 0 or "
                 f"remove it from eval.splits."
             )
         if "translate" in plan.transforms and plan.protocol in ("crop", "subpixel"):
@@ -411,7 +551,7 @@ def evaluate(
             f"Invalid eval.typicality.method={method!r}; choose one of "
             f"{', '.join(typicality.METHODS)}."
         )
-    splits = {name: _get_split(data, name) for name in cfg_eval.splits}
+    splits = {name: _get_split(data, name) for name in split_names(data, cfg_eval)}
     render = plan.scale_protocol == "render" and renders_scales(data)
     scale_protocol = ("render" if render else "embed") if "scale" in plan.transforms else None
     original_device = _model_device(model)
@@ -427,7 +567,7 @@ def evaluate(
         with torch.inference_mode(), PenultimateFeatures(model) as hook:
             score = None
             if method != "none":
-                ref = train_images if train_images is not None else _get_split(data, "train")[0]
+                ref = train_images if train_images is not None else _get_split(data, "train").images
                 ref = ref[: int(tcfg.n_reference)]
                 n_reference = int(ref.shape[0])
                 embed = typicality.embedder(
@@ -446,18 +586,16 @@ def evaluate(
                     return typicality.knn_distance(q, reference, int(tcfg.k))
 
             runner = _SplitEvaluator(model, hook, plan, device, int(cfg_eval.batch_size), score)
-            counts = {
-                s: min(int(cfg_eval.n_images), int(im.shape[0])) for s, (im, _) in splits.items()
-            }
+            counts = {s: min(int(cfg_eval.n_images), len(sp.labels)) for s, sp in splits.items()}
             total = sum(
                 len(shard_indices(n, rank, world)) if n >= world else n for n in counts.values()
             )
             with tqdm(total=total, desc="invariance", disable=not progress, leave=False) as bar:
-                for name, (images, labels) in splits.items():
-                    n = counts[name]
+                for name, sp in splits.items():
+                    images, labels, n = sp.images, sp.labels, counts[name]
                     # Random pairs are drawn for all n images so every rank sees the same ones.
                     pairs = random_pair_offsets(n, plan.max_shift, plan.step, gen)
-                    scale_pairs = torch.randint(0, len(plan.scales), (n, 2), generator=gen)
+                    scale_pairs = distinct_pairs(n, max(len(plan.scales), 2), gen)
                     if n == 0:
                         continue
                     # Fewer images than ranks: every rank evaluates all of them, no gather.
@@ -474,18 +612,79 @@ def evaluate(
                     )
                     if sharded:
                         values = gather_values(values, idx, gather, n)
+                    values.update(_frame_values(sp.scene, n, plan, pairs, scale_protocol))
                     per_split[name] = values
     finally:
         model.train(was_training)
         model.to(original_device)
 
+    groups = {
+        s: None if splits[s].groups is None else splits[s].groups[: counts[s]].cpu()
+        for s in per_split
+    }
     report: dict[str, Any] = {
-        "splits": {s: _summary(v, plan, cfg_eval, curves=True) for s, v in per_split.items()},
+        "splits": {
+            s: _summary(v, plan, cfg_eval, curves=True, groups=groups[s])
+            for s, v in per_split.items()
+        },
         "protocol": _protocol_block(plan, cfg_eval, counts, padding, world, scale_protocol),
     }
+    add_gaps(report, per_split, groups, plan, cfg_eval)
+    windows = [int(k) for k in cfg_eval.homogeneity_windows if k <= plan.size]
+    if windows:
+        for s in per_split:
+            crops = center_crop(splits[s].images[: counts[s]], plan.size)
+            report["splits"][s]["homogeneity"] = homogeneity.homogeneity_report(
+                crops, windows, int(cfg_eval.n_bootstrap), float(cfg_eval.ci_level), plan.seed
+            )
     if method != "none" and per_split:
-        report["typicality"] = _typicality_report(per_split, plan, cfg_eval, n_reference)
+        report["typicality"] = _typicality_report(per_split, groups, plan, cfg_eval, n_reference)
     return report
+
+
+def _frame_values(
+    scene: Any, n: int, plan: EvalPlan, pairs: Tensor, scale_protocol: str | None
+) -> dict[str, Tensor]:
+    """``<transform>/in_frame`` [n, views]: the object wholly inside the model window at each
+    evaluated view (trajectory and pair views for translate), from the rendered scene's
+    geometry; empty for images that were not rendered."""
+    if scene is None:
+        return {}
+    offset = torch.as_tensor(scene.offset[:n], dtype=torch.float64)
+    extents = torch.as_tensor(scene.extents[:n], dtype=torch.float64)
+    out: dict[str, Tensor] = {}
+    if "translate" in plan.transforms:
+        views = len(plan.offsets) + 2
+        if plan.protocol == "embed":
+            keep = plan.size / 2 - (math.ceil(plan.max_shift) if plan.embed_size is None else 0)
+            inside = in_frame(offset, extents, plan.size, window=keep).expand(n, views)
+        else:
+            inside = torch.cat(
+                [
+                    in_frame(offset, extents, plan.size, shifts=plan.offsets),
+                    in_frame(offset, extents, plan.size, shifts=pairs[:n]),
+                ],
+                1,
+            )
+        out["translate/in_frame"] = inside
+    if "scale" in plan.transforms:
+        if scale_protocol == "render":
+            factors = torch.tensor(plan.scales, dtype=torch.float64)
+            out["scale/in_frame"] = in_frame(offset, extents, plan.size, factors=factors)
+        else:
+            inside = in_frame(offset, extents, plan.size)
+            out["scale/in_frame"] = inside.expand(n, len(plan.scales))
+    return out
+
+
+def _embed_scale(plan: EvalPlan, scale_protocol: str | None) -> dict[str, float] | None:
+    """The object scale the embed protocols produce (1.0: unchanged)."""
+    out = {}
+    if plan.protocol == "embed" and "translate" in plan.transforms:
+        out["translate"] = 1.0 if plan.embed_size is None else plan.embed_size
+    if scale_protocol == "embed":
+        out["scale"] = scale_embed_size(plan.embed_size, list(plan.scales))
+    return out or None
 
 
 def _protocol_block(
@@ -512,10 +711,14 @@ def _protocol_block(
         "fill": plan.fill if embeds else None,
         "inpaint": "edge replication" if embeds and plan.fill == "inpaint" else None,
         "embed_size": plan.embed_size if embeds else None,
+        "embed_object_scale": _embed_scale(plan, scale_protocol),
         "scales": list(plan.scales),
         "scale_protocol": scale_protocol,
         "scale_protocol_requested": plan.scale_protocol,
-        "consistency": "one pair of independent offsets (translate) or scales (scale) per image",
+        "consistency": "one pair of distinct offsets (translate) or scales (scale) per image",
+        "reference_view": "accuracy and given_correct use the view with no shift / scale 1",
+        "gap_to_typical": "split minus typical; bootstrap of two independent samples",
+        "bootstrap_unit": "instance (images showing the same instance are resampled together)",
         "n_images": counts,
         "n_bootstrap": int(cfg_eval.n_bootstrap),
         "ci_level": float(cfg_eval.ci_level),

@@ -10,6 +10,7 @@ import torch
 from eval.report import write_json
 from eval.runner import evaluate
 from train.config import ConfigError
+from train.provenance import collect_provenance
 
 
 def default_device() -> torch.device:
@@ -48,7 +49,7 @@ def evaluate_checkpoint(
     A Lightning checkpoint of ours (``state_dict`` keys ``net.*``) loads strictly into
     ``train.module.Classifier``; any other file is loaded into its ``net`` by
     ``models.load_weights`` (timm/torchvision weights for ``cfg.model.name``). Writes
-    ``<out_dir>/invariance.json`` and the figures; returns the report.
+    ``<out_dir>/invariance.json`` and the figures; returns the report, with its ``provenance``.
     """
     import models
     from train.data import build_datamodule
@@ -75,15 +76,18 @@ def evaluate_checkpoint(
         clf = Classifier(cfg, num_classes=dm.num_classes, init_weights=False)
         models.load_weights(clf.net, path)
 
+    device = device if device is not None else default_device()
     report = evaluate(
         clf,
         dm,
         cfg.eval,
         image_size=int(cfg.data.image_size),
-        device=device if device is not None else default_device(),
+        device=device,
         progress=progress,
     )
     report["checkpoint"] = str(path)
+    # Step and epoch are read from the file when it is a Lightning checkpoint.
+    report["provenance"] = collect_provenance(device=device, checkpoint=path.resolve())
     out = Path(out_dir)
     write_json(report, out / "invariance.json")
     if cfg.eval.plots:

@@ -8,10 +8,13 @@ Translation protocols (``translate_views``):
 - ``crop``: an ``S x S`` window slides inside the larger held-out rendering (margin
   ``m = (H - S) // 2``), so every view holds only real pixels. Images without margin (``H == S``)
   are padded by ``max_shift`` with ``pad_mode`` first (recorded in the report).
-- ``embed`` (Azulay & Weiss): the central crop is resized to ``round(embed_size * S)`` and pasted
-  into an ``S x S`` canvas at the shifted position; the canvas is ``black`` (0), the image's
-  ``mean`` colour, or ``inpaint`` = edge replication (every canvas pixel copies the nearest image
-  pixel: a seamless, deterministic fill with no smoothing parameters).
+- ``embed`` (Azulay & Weiss): an image is pasted into an ``S x S`` canvas at the shifted
+  position; the canvas is ``black`` (0), the image's ``mean`` colour, or ``inpaint`` = edge
+  replication (every canvas pixel copies the nearest image pixel: a seamless, deterministic fill
+  with no smoothing parameters). With ``embed_size=None`` (default) the pasted image is the
+  central ``S - 2 * ceil(max_shift)`` pixels at their own scale (objects kept in frame lie wholly
+  inside it); a fraction resizes the central crop to ``round(embed_size * S)`` as Azulay & Weiss
+  do, which also rescales the object.
 - ``circular``: ``torch.roll`` of the central crop (exact invariance target of APS).
 - ``subpixel``: bilinear resampling of the (margin or padded) rendering at fractional offsets.
 
@@ -70,12 +73,26 @@ def trajectory(kind: str, max_shift: float, step: float = 1.0) -> Tensor:
     raise ValueError(f"Unknown trajectory {kind!r}; choose one of {', '.join(TRAJECTORIES)}.")
 
 
+def distinct_pairs(n: int, k: int, generator: torch.Generator) -> Tensor:
+    """``[n, 2]`` int64: per image two *different* indices in ``0..k-1``, uniform over the
+    ordered pairs of distinct indices (a view is never compared with itself)."""
+    if k < 2:
+        raise ValueError(f"Distinct pairs need at least two views, got {k}.")
+    first = torch.randint(0, k, (n,), generator=generator)
+    second = (first + torch.randint(1, k, (n,), generator=generator)) % k
+    return torch.stack([first, second], 1)
+
+
 def random_pair_offsets(
     n: int, max_shift: float, step: float, generator: torch.Generator
 ) -> Tensor:
-    """``[n, 2, 2]``: two independent offsets per image on the ``step`` lattice of the square."""
+    """``[n, 2, 2]``: two different offsets per image, uniform over the ordered pairs of
+    distinct points of the ``step`` lattice of the square (dy, dx in ±max_shift)."""
     k = round(max_shift / step)
-    return torch.randint(-k, k + 1, (n, 2, 2), generator=generator).double() * step
+    side = 2 * k + 1
+    pairs = distinct_pairs(n, side * side, generator)
+    dy, dx = pairs // side - k, pairs % side - k
+    return torch.stack([dy, dx], -1).double() * step
 
 
 def center_crop(images: Tensor, size: int) -> Tensor:
@@ -161,6 +178,15 @@ def embed_size_px(size: int, embed_size: float, scale: float = 1.0) -> int:
     return max(1, round(scale * embed_size * size))
 
 
+def _embedded(images: Tensor, size: int, embed_size: float | None, max_shift: float) -> Tensor:
+    """The image the embed protocol pastes: the central ``size - 2 * ceil(max_shift)`` px at
+    their own scale (``embed_size=None``), or the central crop resized by ``embed_size``."""
+    crop = to_float(center_crop(images, size))
+    if embed_size is None:
+        return center_crop(crop, size - 2 * int(torch.tensor(max_shift).ceil()))
+    return _resize(crop, embed_size_px(size, embed_size))
+
+
 def translate_views(
     images: Tensor,
     offsets: Tensor,
@@ -169,7 +195,7 @@ def translate_views(
     size: int,
     pad_mode: str = "reflect",
     fill: str = "black",
-    embed_size: float = 0.75,
+    embed_size: float | None = None,
     max_shift: float | None = None,
 ) -> Tensor:
     """Float ``[N, T, C, size, size]`` views of ``images [N, C, H, W]`` at ``offsets``.
@@ -195,15 +221,15 @@ def translate_views(
         src = center_crop(images, size)
         return to_float(_windows(src, -dy.long(), -dx.long(), size, wrap=True))
     if protocol == "embed":
-        e = embed_size_px(size, embed_size)
+        small = _embedded(images, size, embed_size, max_shift)
+        e = small.shape[-1]
         border = (size - e) // 2
-        if max_shift > border:
+        if max_shift > border or e < 1:
             raise ConfigError(
                 f"eval.max_shift_px={max_shift} moves the embedded image ({e} px) out of the "
                 f"{size} px canvas (free border {border} px): lower eval.embed_size or "
                 f"eval.max_shift_px."
             )
-        small = _resize(to_float(center_crop(images, size)), e)
         m = int(max_shift)
         lo, hi = border + m, size - e - border + m
         canvas = _fill_canvas(small, (lo, hi, lo, hi), fill)  # [N, C, size + 2m, size + 2m]
@@ -233,14 +259,26 @@ def _subpixel_windows(src: Tensor, top: Tensor, left: Tensor, size: int) -> Tens
     return out.reshape(n, t, c, size, size)
 
 
+def scale_embed_size(embed_size: float | None, scales: list[float]) -> float:
+    """The embed fraction the scale protocol uses: ``embed_size``, or (None) the largest that
+    keeps the largest scale inside the canvas, ``1 / max(scales)``."""
+    return float(embed_size) if embed_size is not None else 1.0 / max(max(scales), 1.0)
+
+
 def scale_views(
-    images: Tensor, scales: list[float], *, size: int, embed_size: float, fill: str = "black"
+    images: Tensor,
+    scales: list[float],
+    *,
+    size: int,
+    embed_size: float | None,
+    fill: str = "black",
 ) -> Tensor:
     """Float ``[N, T, C, size, size]``: the central crop rescaled by each ``s`` (embed protocol)."""
     base = to_float(center_crop(images, size))
+    fraction = scale_embed_size(embed_size, scales)
     views = []
     for s in scales:
-        e = embed_size_px(size, embed_size, s)
+        e = embed_size_px(size, fraction, s)
         if e > size:
             raise ConfigError(
                 f"Scale {s} x eval.embed_size={embed_size} gives {e} px, larger than the {size} px "
@@ -256,3 +294,46 @@ def rendered_scale_views(renders: Tensor, size: int) -> Tensor:
     """Float ``[N, T, C, size, size]``: central crops of re-rendered scale views
     ``[N, T, C, H, W]``."""
     return to_float(center_crop(renders, size))
+
+
+def in_frame(
+    offset: Tensor,
+    extents: Tensor,
+    size: int,
+    *,
+    shifts: Tensor | None = None,
+    factors: Tensor | None = None,
+    window: float | None = None,
+) -> Tensor:
+    """``[N, T]`` bool: the object lies wholly inside the model window at each view.
+
+    ``offset [N, 2]`` (x, y) is each object's centre and ``extents [N, 4]`` its reach (left,
+    right, up, down) in px from the window centre. Views are content ``shifts`` ``[T, 2]`` or
+    ``[N, T, 2]`` (dy, dx), or rescalings by ``factors [T]`` about the object's centre.
+    ``window`` is the half-width of the region the object must stay in (default ``size / 2``;
+    the embed protocol pastes only its central part).
+    """
+    half = size / 2 if window is None else window
+    o, e = offset.double(), extents.double()
+    if factors is not None:
+        f = factors.double()[None, :, None]  # [1, T, 1]
+        x0 = o[:, None, 0:1] - f * e[:, None, 0:1]
+        x1 = o[:, None, 0:1] + f * e[:, None, 1:2]
+        y0 = o[:, None, 1:2] - f * e[:, None, 2:3]
+        y1 = o[:, None, 1:2] + f * e[:, None, 3:4]
+        box = torch.cat([x0, x1, y0, y1], -1)  # [N, T, 4]
+    else:
+        s = torch.zeros(1, 1, 2, dtype=torch.float64) if shifts is None else shifts.double()
+        s = s if s.ndim == 3 else s[None]
+        box0 = torch.stack(
+            [o[:, 0] - e[:, 0], o[:, 0] + e[:, 1], o[:, 1] - e[:, 2], o[:, 1] + e[:, 3]], -1
+        )
+        dx, dy = s[..., 1], s[..., 0]
+        box = box0[:, None, :] + torch.stack([dx, dx, dy, dy], -1)
+    tol = 1e-6
+    return (
+        (box[..., 0] >= -half - tol)
+        & (box[..., 1] <= half + tol)
+        & (box[..., 2] >= -half - tol)
+        & (box[..., 3] <= half + tol)
+    )

@@ -114,7 +114,12 @@ def test_translate_is_an_exact_integer_shift_covering_the_range(fill):
 def test_presets_combine_in_order_translate_then_flip():
     m = 1
     x = torch.rand(32, 3, 16, 16)
-    y = make("augment.presets=[translate,flip]", f"augment.max_shift_px={m}", "augment.flip_p=1")(x)
+    y = make(
+        "augment.presets=[translate,flip]",
+        "augment.pad_fill=zeros",
+        f"augment.max_shift_px={m}",
+        "augment.flip_p=1",
+    )(x)
     padded = pad_image(x, m, "zeros")
     for i in range(len(x)):
         assert len(find_shift(y[i].flip(-1), padded[i], m)) == 1

@@ -69,8 +69,18 @@ def test_fit_eval_models_show_augment(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "model.antialias.method" in lines[0] and "augment.presets" not in lines[0]
     base = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     row = lines[2].split()
-    assert row[:2] == ["cli", "none"]
-    assert row[2] == f"{base['splits']['typical']['accuracy']:.3f}"
+    assert row[:3] == ["cli", "none", "typical"]  # one row per run and held-out split
+    accuracy = base["invariance"]["splits"]["typical"]["accuracy"]
+    assert " ".join(row[3:6]) == (
+        f"{accuracy['mean']:.3f} [{accuracy['ci'][0]:.3f}, {accuracy['ci'][1]:.3f}]"
+    )
+    assert [ln.split()[2] for ln in lines[2:7]] == [
+        "typical",
+        "position",
+        "scale",
+        "background",
+        "atypical",
+    ]
     assert (tmp_path / "cmp.png").is_file()
     assert main(["compare", str(tmp_path / "nothing")]) == 2
     capsys.readouterr()

@@ -20,8 +20,9 @@ def test_defaults_and_merge_order(tmp_path: Path) -> None:
     cfg = load_config(DEFAULT_YAML, extra, overrides=["data.n_train=7"])
     assert cfg.data.n_train == 7  # override beats YAML
     assert list(cfg.model.widths) == [4, 8]  # later YAML beats earlier
-    assert cfg.trainer["max_epochs"] == 8  # from default.yaml
-    assert cfg.data.placement.atypical.position == "ring"
+    assert cfg.trainer["max_epochs"] == 20  # from default.yaml
+    assert cfg.data.heldout.atypical.position == "ring"
+    assert list(cfg.data.heldout) == ["typical", "atypical", "position", "scale", "background"]
 
 
 def test_every_shipped_config_loads() -> None:
@@ -54,7 +55,14 @@ def test_sweep_grids_are_valid_overrides() -> None:
         (["trainer.callbacks=[]"], ["trainer.callbacks", "set by invlab"]),
         (["data.source=shapez"], ["'shapez'", "Did you mean 'shapes'", "digits"]),
         (["eval.splits=[typcal]"], ["typcal", "typical"]),
-        (["data.placement.train.scale=[2,1]"], ["data.placement.train.scale", "lo <= hi"]),
+        (["data.placement.scale=[2,1]"], ["data.placement.scale", "lo <= hi"]),
+        (["data.heldout.far.scale=[2,1]"], ["data.heldout.far.scale", "lo <= hi"]),
+        (["data.heldout.far.radus_px=[1,2]"], ["data.heldout.far.radus_px", "'radius_px'"]),
+        (["data.heldout.far.background=nois"], ["data.heldout.far.background", "'noise'"]),
+        (["data.heldout.typical.scale=[0.5,0.6]"], ["data.heldout.typical", "changes scale"]),
+        (["data.placement.train.scale=[1,2]"], ["data.placement.train", "'data.placement'"]),
+        (["data.n_typical=10"], ["data.n_typical", "data.heldout.typical.n"]),
+        (["eval.scales=[1,1.3]"], ["data.frame_scale", "1.3"]),
         (["model.antialias.filt_size=9"], ["filt_size", "1..7"]),
         (["novalue"], ["key=value"]),
     ],

@@ -29,8 +29,13 @@ SMALL = [
     f"data.eval_margin_px={M}",
     "data.n_train=48",
     "data.n_val=12",
-    "data.n_typical=12",
-    "data.n_atypical=12",
+    "data.heldout.typical.n=12",
+    "data.heldout.position.n=0",
+    "data.heldout.scale.n=0",
+    "data.heldout.background.n=0",
+    "data.heldout.atypical.n=12",
+    "data.heldout.atypical.radius_px=[1,2]",
+    "data.placement.max_offset_px=1",
     "data.batch_size=16",
     "data.download=false",
 ]
@@ -191,16 +196,17 @@ def test_unknown_source_suggests_the_closest():
 
 def test_atypical_source_needs_the_same_classes(tmp_path, no_checksums):
     _fake_folder(tmp_path)  # 2 classes
-    dm = build_datamodule(_cfg("data.atypical_source=folder", f"data.root={tmp_path}"))
+    dm = build_datamodule(_cfg("data.heldout.atypical.source=folder", f"data.root={tmp_path}"))
     with pytest.raises(ConfigError, match="2 classes.*10"):
         dm.setup()
     _fake_mnist(tmp_path)  # 10 classes: the atypical split comes from its held-out set
     dm = build_datamodule(
-        _cfg("data.source=digits", "data.atypical_source=mnist", f"data.root={tmp_path}")
+        _cfg("data.source=digits", "data.heldout.atypical.source=mnist", f"data.root={tmp_path}")
     )
     atyp = dm.split("atypical")
     assert atyp.images.shape == (12, 3, S + 2 * M, S + 2 * M)
-    assert "mnist (held-out" in dm.describe().splitlines()[3]
+    line = dm.describe().splitlines()[3]
+    assert line.startswith("atypical") and "mnist (12 held-out" in line and "+source" in line
 
 
 # ---------------------------------------------------------------------------------- shapes
@@ -247,7 +253,9 @@ def test_shapes_heldout_instances_differ_from_training_ones():
 def test_digits_heldout_source_indices_are_disjoint():
     from sklearn.datasets import load_digits
 
-    dm = build_datamodule(_cfg("data.source=digits", "data.n_train=1500", "data.n_typical=200"))
+    dm = build_datamodule(
+        _cfg("data.source=digits", "data.n_train=1500", "data.heldout.typical.n=200")
+    )
     train = set(dm.split("train").indices.tolist())
     held = set()
     for name in ("val", "typical", "atypical"):
@@ -286,7 +294,8 @@ def test_center_placement_puts_the_centroid_at_the_canvas_centre():
 
 
 def test_gaussian_placement_statistics():
-    measured, drawn = _alpha_offsets(PlacementConfig(position="gaussian", sigma_px=2.0), 2000)
+    p = PlacementConfig(position="gaussian", sigma_px=2.0, max_offset_px=100.0)  # untruncated
+    measured, drawn = _alpha_offsets(p, 2000)
     torch.testing.assert_close(measured, drawn, atol=0.05, rtol=0)  # sub-pixel placement
     assert measured.mean(0).abs().max() < 0.15  # standard error 2 / sqrt(2000) = 0.045
     assert (measured.std(0) - 2.0).abs().max() < 0.12
@@ -319,7 +328,7 @@ def test_scale_is_log_uniform_and_sets_the_object_area():
 
 def test_rendering_is_deterministic_per_seed_split_and_index():
     a = build_datamodule(_cfg())
-    b = build_datamodule(_cfg("data.n_train=20", "data.n_typical=5"))
+    b = build_datamodule(_cfg("data.n_train=20", "data.heldout.typical.n=5"))
     assert torch.equal(a.split("train").images[:20], b.split("train").images)
     assert torch.equal(a.split("typical").images[:5], b.split("typical").images)
     assert not torch.equal(a.split("val").images, a.split("typical").images)
@@ -344,7 +353,7 @@ def test_centre_crop_of_a_heldout_rendering_is_the_train_size_window():
 
 @pytest.mark.parametrize("background", ["noise", "texture"])
 def test_backgrounds_render(background):
-    dm = build_datamodule(_cfg(f"data.placement.train.background={background}", "data.n_train=8"))
+    dm = build_datamodule(_cfg(f"data.placement.background={background}", "data.n_train=8"))
     images = dm.split("train").images.float()
     assert images.std((2, 3)).min() > 3  # not flat
 
@@ -361,7 +370,7 @@ def test_render_false_uses_source_images_as_they_are():
 
 def test_render_scales_rerenders_the_same_images():
     dm = build_datamodule(_cfg())
-    views = dm.render_scales("typical", [1.0, 1.3], n=4)
+    views = dm.render_scales("typical", [1.0, 1.15], n=4)
     assert views.shape == (4, 2, 3, S + 2 * M, S + 2 * M)
     assert torch.equal(views[:, 0], dm.split("typical").images[:4])
     assert not torch.equal(views[:, 1], views[:, 0])
@@ -399,7 +408,7 @@ def test_dataloaders_and_setup():
     assert workers.num_workers == 1 and workers.persistent_workers
     lines = dm.describe().splitlines()
     assert [ln.split()[0] for ln in lines] == ["train", "val", "typical", "atypical"]
-    assert "ring(r=5..8px)" in lines[3] and "3x20x20" in lines[1]
+    assert "ring(r=1..2px)" in lines[3] and "3x20x20" in lines[1]
     with pytest.raises(ValueError, match="unknown split"):
         dm.split("test")
 

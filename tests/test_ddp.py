@@ -9,6 +9,7 @@ so the helpers live at module level.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -88,6 +89,8 @@ def assert_same_numbers(a: Any, b: Any, path: str = "report", exact: bool = Fals
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_numbers(x, y, f"{path}[{i}]", exact)
+    elif isinstance(a, float) and math.isnan(a):  # e.g. a statistic of no correct images
+        assert isinstance(b, float) and math.isnan(b), path
     elif isinstance(a, float) and not exact:
         assert a == pytest.approx(b, rel=1e-5, abs=1e-9), path
     else:
@@ -100,8 +103,14 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path: Path) -> None:
     two = fit_and_report(cfg, 2, tmp_path / "ddp")
     one = fit_and_report(cfg, 1, tmp_path / "single")
     assert two["protocol"].pop("world_size") == 2 and one["protocol"].pop("world_size") == 1
+    # Provenance: same weights, device and packages; the time (and thread count) may differ.
+    prov_two, prov_one = two.pop("provenance"), one.pop("provenance")
+    for key in ("checkpoint", "device", "versions"):
+        assert prov_two[key] == prov_one[key], key
     assert two["protocol"]["scale_protocol"] == "render"
-    assert two["protocol"]["n_images"] == {"typical": 15, "atypical": 15}
+    assert two["protocol"]["n_images"] == {
+        s: 15 for s in ("typical", "position", "scale", "background", "atypical")
+    }
     assert two["typicality"]["n_reference"] == 64
     assert_same_numbers(two, one)
 
@@ -202,6 +211,13 @@ def test_cli_fit_under_ddp_two_processes(tmp_path: Path) -> None:
     run = tmp_path / "default"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["invariance"]["protocol"]["world_size"] == 2
-    assert set(metrics["splits"]) == {"val", "typical", "atypical"}
+    assert set(metrics["splits"]) == {
+        "val",
+        "typical",
+        "position",
+        "scale",
+        "background",
+        "atypical",
+    }
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
     assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -405,7 +405,7 @@ def assert_reports_close(a: Any, b: Any, path: str = "report") -> None:
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_reports_close(x, y, f"{path}[{i}]")
     elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), path
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6, nan_ok=True), path
     else:
         assert a == b, path
 
@@ -423,12 +423,19 @@ def test_format_table_and_json_and_plots(tmp_path: Path) -> None:
     assert "P(top-1 change)" in table and "worst-case acc" in table
     lines = table.splitlines()
     # split x transform rows, then the typicality-scored quantile subsets
-    assert [line.split("  ")[0] for line in lines[3:]] == [
+    assert [line.split("  ")[0] for line in lines[3:11]] == [
         *["typical"] * 2,
         *["atypical"] * 2,
         *["typical (scored)"] * 2,
         *["atypical (scored)"] * 2,
     ]
+    # then the differences to typical (atypical only) and the conditional metrics
+    assert lines[12].startswith("difference to typical")
+    assert [line.split("  ")[0] for line in lines[15:17]] == ["atypical"] * 2
+    gap = report["splits"]["atypical"]["translate"]["gap_to_typical"]["p_change"]
+    assert f"{gap['mean']:+.3f} [{gap['ci'][0]:+.3f}, {gap['ci'][1]:+.3f}]" in lines[15]
+    assert lines[18].startswith("on images classified correctly")
+    assert [line.split("  ")[0] for line in lines[21:25]] == ["typical"] * 2 + ["atypical"] * 2
     mean = report["splits"]["typical"]["translate"]["p_change"]
     assert f"{mean['mean']:.3f} [{mean['ci'][0]:.3f}, {mean['ci'][1]:.3f}]" in table
     path = write_json(report, tmp_path / "r" / "inv.json")
@@ -556,8 +563,13 @@ SMALL = [
     "data.eval_margin_px=2",
     "data.n_train=48",
     "data.n_val=8",
-    "data.n_typical=10",
-    "data.n_atypical=10",
+    "data.heldout.typical.n=10",
+    "data.heldout.atypical.n=10",
+    "data.heldout.position.n=0",
+    "data.heldout.scale.n=0",
+    "data.heldout.background.n=0",
+    "data.heldout.atypical.radius_px=[1,2]",
+    "data.placement.max_offset_px=1",
     "model.widths=[8,16]",
     "eval.max_shift_px=2",
     "eval.n_bootstrap=50",
@@ -601,6 +613,7 @@ def test_scale_render_protocol_rerenders_the_held_out_scene() -> None:
     scales = [0.8, 0.9, 1.0, 1.1, 1.2]
     cfg = load_config(
         overrides=[
+            "data.frame_scale=1.2",
             *SMALL,
             f"eval.scales=[{','.join(map(str, scales))}]",
             "eval.transforms=[scale]",
@@ -706,3 +719,114 @@ def test_config_mistakes_are_config_errors() -> None:
         no_linear = nn.Conv2d(3, 3, 1)
         images = torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8)
         typicality.feature_embedding(no_linear, images, SIZE, device=torch.device("cpu"))
+
+
+# ------------------------------------------------------------- conditional metrics and gaps
+def test_given_correct_and_gap_to_typical_by_hand() -> None:
+    """Hand-made per-image values through the report's aggregation: the conditional block keeps
+    the images right at the reference view; the gap is split minus typical."""
+    from eval.runner import _summary, add_gaps, make_plan
+
+    cfg = eval_cfg("eval.transforms=[translate]", "eval.max_shift_px=1", "eval.n_bootstrap=200")
+    plan = make_plan(cfg, SIZE)  # diagonal -1, 0, +1: the reference view is index 1
+
+    def values(reference: list[float], p_change: list[float]) -> dict[str, Tensor]:
+        n = len(reference)
+        by_view = torch.ones(n, 3)
+        by_view[:, 1] = torch.tensor(reference)
+        v = {
+            "accuracy": torch.ones(n),  # the centre crop: not what the transform reports
+            "translate/correct_by_view": by_view,
+            "translate/p_change": torch.tensor(p_change),
+        }
+        for m in ("mac", "consistency", "worst_case_accuracy"):
+            v[f"translate/{m}"] = torch.zeros(n)
+        return v
+
+    per_split = {
+        "typical": values([1, 1, 0, 0], [0.0, 0.5, 1.0, 1.0]),
+        "far": values([1, 0, 0, 0, 0], [1.0, 1.0, 1.0, 0.5, 0.5]),
+    }
+    groups = {"typical": None, "far": None}
+    report = {"splits": {s: _summary(v, plan, cfg, curves=False) for s, v in per_split.items()}}
+    add_gaps(report, per_split, groups, plan, cfg)
+    typ, far = report["splits"]["typical"]["translate"], report["splits"]["far"]["translate"]
+    assert typ["accuracy"]["mean"] == 0.5 and far["accuracy"]["mean"] == 0.2  # reference view
+    assert typ["p_change"]["mean"] == 0.625 and far["p_change"]["mean"] == 0.8
+    # given correct: typical images 0 and 1 -> (0 + 0.5) / 2; far image 0 only -> 1.0
+    assert typ["given_correct"]["n_images"] == 2 and far["given_correct"]["n_images"] == 1
+    assert typ["given_correct"]["p_change"]["mean"] == 0.25
+    assert far["given_correct"]["p_change"] == {"mean": 1.0, "ci": [1.0, 1.0]}
+    gap = far["gap_to_typical"]
+    assert gap["accuracy"]["mean"] == pytest.approx(0.2 - 0.5)
+    assert gap["p_change"]["mean"] == pytest.approx(0.8 - 0.625)
+    assert gap["given_correct"]["p_change"]["mean"] == pytest.approx(1.0 - 0.25)
+    lo, hi = gap["p_change"]["ci"]
+    assert lo <= gap["p_change"]["mean"] <= hi
+    assert "gap_to_typical" not in typ
+    assert report["splits"]["far"]["gap_to_typical"]["accuracy"]["mean"] == 0.0  # centre crops
+    flat = scalars(report)
+    assert flat["invariance/far/translate/gap/p_change"] == pytest.approx(0.175)
+    assert flat["invariance/typical/translate/given_correct/p_change"] == 0.25
+
+
+def test_accuracy_comes_from_the_protocols_own_views() -> None:
+    """With the embed protocol shrinking images, the transform's accuracy is that of its own
+    reference view, not the centre crop's; the report states the scale the protocol produced."""
+    data = make_data(n=12)
+    for protocol, size in (("crop", None), ("embed", "0.5")):
+        extra = [f"eval.protocol={protocol}", "eval.transforms=[translate]", "eval.max_shift_px=2"]
+        if size:
+            extra.append(f"eval.embed_size={size}")
+        report = evaluate(SmallCNN(), data, eval_cfg(*extra), image_size=SIZE, progress=False)
+        block = report["splits"]["typical"]["translate"]
+        anchor = block["offsets"].index([0.0, 0.0])
+        assert block["accuracy"]["mean"] == pytest.approx(block["accuracy_by_view"][anchor])
+        scale = report["protocol"]["embed_object_scale"]
+        assert scale == (None if protocol == "crop" else {"translate": 0.5})
+
+
+def test_embed_keeps_the_object_scale_by_default() -> None:
+    # the unshifted embedded view is the central S - 2m pixels, untouched, on the fill
+    images = random_images(3, SIZE + 2 * MARGIN)
+    v = views.translate_views(
+        images, torch.zeros(1, 2), protocol="embed", size=SIZE, embed_size=None, max_shift=2
+    )[:, 0]
+    crop = views.center_crop(images, SIZE)
+    torch.testing.assert_close(v[..., 2:-2, 2:-2], crop[..., 2:-2, 2:-2].float() / 255)
+    assert v[..., :2, :].abs().max() == 0  # black fill outside
+
+
+def test_report_has_homogeneity_of_each_split() -> None:
+    from eval.homogeneity import homogeneity_report
+
+    data = make_data(n=8)
+    cfg = eval_cfg("eval.transforms=[translate]", "eval.max_shift_px=2", "eval.n_bootstrap=50")
+    report = evaluate(SmallCNN(), data, cfg, image_size=SIZE, progress=False)
+    crops = views.center_crop(data["atypical"][0], SIZE)
+    expected = homogeneity_report(crops, [2, 3, 4, 5], 50, 0.95, 0)
+    assert report["splits"]["atypical"]["homogeneity"] == expected
+
+
+def test_grid_reports_local_and_global_feature_cosine() -> None:
+    """Local = mean cosine over shifts within 2 px per axis (25 of the 49 offsets of a +-3 grid),
+    global = over all of them; a circularly invariant model has 1.0 for both under `circular`."""
+    data = make_data(n=6)
+    cfg = eval_cfg(
+        "eval.transforms=[translate]",
+        "eval.trajectory=grid",
+        "eval.max_shift_px=3",
+        "eval.protocol=circular",
+    )
+    report = evaluate(PointwiseGAP(), data, cfg, image_size=SIZE, progress=False)
+    block = report["splits"]["typical"]["translate"]
+    assert block["cosine_local"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert block["cosine_global"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    cfg = eval_cfg("eval.transforms=[translate]", "eval.trajectory=grid", "eval.max_shift_px=3")
+    report = evaluate(SmallCNN(), data, cfg, image_size=SIZE, progress=False)
+    block = report["splits"]["typical"]["translate"]
+    grid = torch.tensor(block["cosine_map"])
+    offsets = torch.tensor(block["offsets"])
+    local = offsets.abs().amax(1) <= 2
+    assert block["cosine_local"]["mean"] == pytest.approx(float(grid.flatten()[local].mean()))
+    assert block["cosine_global"]["mean"] == pytest.approx(float(grid.mean()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import DEFAULT_YAML, tiny_config
-from train.config import ConfigError, load_config
+from train.config import Config, ConfigError, load_config
 from train.fit import fit
 from train.module import Classifier
 
@@ -32,11 +33,12 @@ def test_fit_writes_every_artefact(tmp_path: Path) -> None:
     assert list((run / "reports").glob("invariance_epoch*.json"))
 
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["splits"]) == {"val", "typical", "atypical"}
+    heldout = {"typical", "position", "scale", "background", "atypical"}
+    assert set(metrics["splits"]) == {"val", *heldout}
     for split in metrics["splits"].values():
         assert 0.0 <= split["accuracy"] <= 1.0
     inv = metrics["invariance"]["splits"]
-    assert set(inv) == {"typical", "atypical"}
+    assert set(inv) == heldout
     p = inv["typical"]["translate"]["p_change"]
     assert 0.0 <= p["ci"][0] <= p["mean"] <= p["ci"][1] <= 1.0
 
@@ -71,34 +73,181 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
 
 
-class _CrashAfterFirstEpoch(L.Callback):
-    """Dies as the second epoch starts, after epoch 0's checkpoint was written."""
+class _CrashAtEpochStart(L.Callback):
+    """Dies as epoch ``epoch`` starts, after the previous epoch's checkpoints were written."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch == 1:
+        if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
 
 
-def test_resumed_run_equals_uninterrupted(tmp_path: Path) -> None:
-    extra = ("trainer.max_epochs=2", "augment.presets=[translate,flip]", "eval.enabled=false")
-    full = fit(tiny_config(tmp_path, "name=full", *extra))
+class _ForcedValAccuracy(L.Callback):
+    """Sets ``val/accuracy`` as ModelCheckpoint reads it to ``0.5 + slope * epoch``: with a
+    negative slope epoch 0 is the best, with a positive one the last epoch.
+
+    Callbacks run before the checkpoint callbacks (Lightning moves those last)."""
+
+    def __init__(self, slope: float = -0.1) -> None:
+        self.slope = slope
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = torch.tensor(0.5 + self.slope * trainer.current_epoch)
+        trainer.callback_metrics["val/accuracy"] = value
+
+
+def _position(path: Path) -> tuple[int, int]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["global_step"], ckpt["epoch"]
+
+
+def _accuracies_by_hand(ckpt: Path, cfg: Config) -> dict[str, float]:
+    """Top-1 accuracy of ``ckpt``'s weights on val and every held-out split, outside Lightning."""
+    from train.data import build_datamodule
+
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    model = Classifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    out = {}
+    with torch.no_grad():
+        for split in ("val", *dm.heldout_names):
+            correct = total = 0
+            for x, y in dm.eval_dataloader(split):
+                correct += (model(x.float() / 255).argmax(1) == y).sum().item()
+                total += len(y)
+            out[split] = correct / total
+    return out
+
+
+@pytest.mark.parametrize(
+    ("epochs", "crash_at", "best_is_earlier"),
+    [(2, 1, False), (3, 2, True)],
+    ids=["best-is-last", "best-is-earlier"],
+)
+def test_resumed_run_equals_uninterrupted(
+    tmp_path: Path, epochs: int, crash_at: int, best_is_earlier: bool
+) -> None:
+    extra = (f"trainer.max_epochs={epochs}", "augment.presets=[translate,flip]")
+    extra += ("eval.enabled=false",)
+    metric = [_ForcedValAccuracy(-0.1 if best_is_earlier else 0.1)]
+    full = fit(tiny_config(tmp_path, "name=full", *extra), callbacks=metric)
 
     cfg = tiny_config(tmp_path, "name=crashed", *extra)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit(cfg, callbacks=[_CrashAfterFirstEpoch()])
-    assert (tmp_path / "crashed" / "checkpoints" / "last.ckpt").is_file()
-    resumed = fit(cfg, resume=True)
+        fit(cfg, callbacks=[*metric, _CrashAtEpochStart(crash_at)])
+    ckpts = tmp_path / "crashed" / "checkpoints"
+    # last.ckpt holds the epoch before the crash, whether or not that epoch was the best.
+    assert _position(ckpts / "last.ckpt") == (2 * crash_at, crash_at - 1)  # 2 steps an epoch
+    best_before_crash = 0 if best_is_earlier else crash_at - 1
+    assert [p.name for p in ckpts.glob("best-*.ckpt")] == [
+        f"best-epoch{best_before_crash:03d}.ckpt"
+    ]
+    resumed = fit(cfg, resume=True, callbacks=metric)
 
-    # Both logs survive: epoch 0 in csv/metrics.csv, the resumed epoch in csv/resumed-1/.
-    for rel, epoch in (("metrics.csv", "0"), ("resumed-1/metrics.csv", "1")):
-        header, *rows = (resumed.run_dir / "csv" / rel).read_text().splitlines()
-        column = header.split(",").index("epoch")
-        assert epoch in {r.split(",")[column] for r in rows}, rel
+    # Both logs survive: the epochs before the crash in csv/metrics.csv, the rest (and only
+    # the rest: training continued from the newest epoch) in csv/resumed-1/.
+    for rel, expected in (
+        ("metrics.csv", {str(e) for e in range(crash_at)}),
+        ("resumed-1/metrics.csv", {str(e) for e in range(crash_at, epochs)}),
+    ):
+        with (resumed.run_dir / "csv" / rel).open() as fh:
+            rows = [r for r in csv.DictReader(fh) if r["train/loss"]]
+        assert {r["epoch"] for r in rows} == expected, rel
     wf, wr = _weights(full.last_checkpoint), _weights(resumed.last_checkpoint)
+    assert wf.keys() == wr.keys()
     for k in wf:
-        torch.testing.assert_close(wr[k], wf[k], rtol=0, atol=1e-6, msg=k)
-    for split, values in full.metrics["splits"].items():
-        assert resumed.metrics["splits"][split]["accuracy"] == pytest.approx(values["accuracy"])
+        assert torch.equal(wr[k], wf[k]), k  # bit-identical
+    assert resumed.metrics["splits"] == full.metrics["splits"]
+    assert resumed.metrics["checkpoint"] == full.metrics["checkpoint"]
+    assert resumed.metrics["best_checkpoint"] == full.metrics["best_checkpoint"]
+    assert resumed.metrics["checkpoint"]["global_step"] == 2 * epochs
+    best_epoch = 0 if best_is_earlier else epochs - 1
+    assert (
+        resumed.metrics["best_checkpoint"]["path"] == f"checkpoints/best-epoch{best_epoch:03d}.ckpt"
+    )
+
+
+def test_last_checkpoint_holds_the_final_weights_when_the_best_is_earlier(tmp_path: Path) -> None:
+    """metrics.json, last.ckpt and the invariance reports all describe the final weights; the
+    best checkpoint (epoch 0 here) stays separate."""
+    cfg = tiny_config(tmp_path, "trainer.max_epochs=3")
+    result = fit(cfg, callbacks=[_ForcedValAccuracy()])
+    run, metrics = result.run_dir, json.loads((result.run_dir / "metrics.json").read_text())
+    last, best = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "best-epoch000.ckpt"
+    assert result.last_checkpoint == last and result.best_checkpoint == best
+    assert sorted(p.name for p in last.parent.iterdir()) == [best.name, last.name]
+
+    # The best really is epoch 0 (score 0.5), and last.ckpt is the end of epoch 2.
+    assert metrics["global_step"] == 6 and _position(last) == (6, 2) and _position(best) == (2, 0)
+    assert metrics["checkpoint"] == {"path": "checkpoints/last.ckpt", "global_step": 6, "epoch": 2}
+    assert metrics["best_checkpoint"] == {
+        "path": "checkpoints/best-epoch000.ckpt",
+        "global_step": 2,
+        "epoch": 0,
+        "monitor": "val/accuracy",
+        "score": 0.5,
+    }
+    wl, wb = _weights(last), _weights(best)
+    assert not all(torch.equal(wl[k], wb[k]) for k in wl)
+
+    # metrics.json's accuracies are last.ckpt's, recomputed outside Lightning ...
+    assert _accuracies_by_hand(last, cfg) == {
+        s: v["accuracy"] for s, v in metrics["splits"].items()
+    }
+
+    # ... and so is its invariance block, re-evaluated from the file by `invlab eval`'s function.
+    from eval.standalone import evaluate_checkpoint
+
+    report = evaluate_checkpoint(last, cfg, tmp_path / "ev", progress=False, device="cpu")
+    for split, block in metrics["invariance"]["splits"].items():
+        assert report["splits"][split]["accuracy"] == block["accuracy"], split
+        for m in ("p_change", "consistency", "worst_case_accuracy"):
+            assert report["splits"][split]["translate"][m] == block["translate"][m], (split, m)
+
+    # Provenance: every report names the checkpoint and the step its numbers come from.
+    assert metrics["provenance"]["checkpoint"] == metrics["checkpoint"]
+    assert metrics["provenance"]["device"] == "cpu"
+    (written,) = (run / "reports").glob("invariance_epoch*.json")
+    callback_prov = json.loads(written.read_text())["provenance"]
+    assert metrics["invariance"]["provenance"] == callback_prov
+    assert callback_prov["checkpoint"]["path"] == "checkpoints/last.ckpt"
+    assert callback_prov["checkpoint"]["global_step"] == 6
+    standalone = json.loads((tmp_path / "ev" / "invariance.json").read_text())["provenance"]
+    assert standalone["checkpoint"] == {"path": str(last.resolve()), "global_step": 6, "epoch": 2}
+
+
+class _RecordLastCheckpoint(L.Callback):
+    """``(global_step, epoch)`` of ``last.ckpt`` as each epoch after the first starts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.seen = path, []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            self.seen.append(_position(self.path))
+
+
+def test_last_checkpoint_after_every_epoch_and_a_mid_epoch_stop(tmp_path: Path) -> None:
+    """Validation every second epoch, and max_steps ends training inside epoch 2: last.ckpt is
+    still rewritten after every epoch and holds the final state at the end."""
+    cfg = tiny_config(
+        tmp_path, "trainer.max_epochs=5", "trainer.max_steps=5", "trainer.check_val_every_n_epoch=2"
+    )
+    record = _RecordLastCheckpoint(tmp_path / "default" / "checkpoints" / "last.ckpt")
+    result = fit(cfg, callbacks=[record])
+    assert record.seen == [(2, 0), (4, 1)]  # 2 steps an epoch
+    assert result.metrics["global_step"] == 5
+    assert _position(result.last_checkpoint) == (5, 2)
+    assert result.metrics["checkpoint"]["global_step"] == 5
+    assert result.metrics["best_checkpoint"]["path"] == "checkpoints/best-epoch001.ckpt"
+    by_hand = _accuracies_by_hand(result.last_checkpoint, cfg)
+    assert by_hand == {s: v["accuracy"] for s, v in result.metrics["splits"].items()}
+    # The invariance report evaluated the same final weights (at the end of training).
+    report = result.metrics["invariance"]
+    step_epoch = {"global_step": 5, "epoch": report["epoch"]}
+    assert report["provenance"]["checkpoint"] == {"path": "checkpoints/last.ckpt", **step_epoch}
 
 
 @pytest.mark.parametrize(
@@ -176,7 +325,7 @@ def test_finetune_antialiased_from_baseline_checkpoint(tmp_path: Path) -> None:
     for path in base.run_dir.glob("checkpoints/*.ckpt"):
         path.unlink()
     report = evaluate_checkpoint(ft.last_checkpoint, cfg, tmp_path / "ev", progress=False)
-    assert set(report["splits"]) == {"typical", "atypical"}
+    assert set(report["splits"]) == {"typical", "position", "scale", "background", "atypical"}
     restored = Classifier.load_from_checkpoint(ft.last_checkpoint, map_location="cpu")
     assert all(
         torch.equal(v, _weights(ft.last_checkpoint)[k]) for k, v in restored.state_dict().items()

@@ -100,3 +100,74 @@ def test_bootstrap_ci_is_reproducible_for_a_seed() -> None:
 
 def test_bootstrap_ci_of_constant_values_is_a_point() -> None:
     assert metrics.bootstrap_ci(torch.ones(50)) == (1.0, 1.0, 1.0)
+
+
+# ------------------------------------------------------------------ bootstrap over instances
+def test_instance_bootstrap_resamples_whole_instances() -> None:
+    # two instances shown twice each: instance 0 always right, instance 1 always wrong. A
+    # resample draws 2 instances with replacement: means can only be 0, 0.5 or 1 (an image-level
+    # bootstrap would also give 0.25 and 0.75).
+    values = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    groups = torch.tensor([7, 7, 3, 3])
+    means = metrics.bootstrap_means(values, 2000, seed=0, groups=groups)
+    assert set(means.tolist()) == {0.0, 0.5, 1.0}
+    assert set(metrics.bootstrap_means(values, 2000, seed=0).tolist()) == {
+        0.0,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+    }
+    # unequal repeats: the mean of a resample is over images (instance 7 shown 3 times)
+    values = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    means = metrics.bootstrap_means(values, 2000, seed=0, groups=torch.tensor([7, 7, 7, 3]))
+    assert set(means.tolist()) == {0.0, 0.75, 1.0}  # {3,3}, {7,3}, {7,7}
+
+
+def test_repeated_instances_widen_the_interval_by_the_square_root_of_the_repeats() -> None:
+    # 100 instances shown 4 times each with identical values: the information is that of 100
+    # images, so the interval is ~2x (sqrt 4) the naive one over 400 "independent" images.
+    gen = torch.Generator().manual_seed(0)
+    per_instance = (torch.rand(100, generator=gen) < 0.3).double()
+    values = per_instance.repeat_interleave(4)
+    groups = torch.arange(100).repeat_interleave(4)
+    _, lo, hi = metrics.bootstrap_ci(values, 2000, 0.95, 0, groups)
+    _, nlo, nhi = metrics.bootstrap_ci(values, 2000, 0.95, 0)
+    _, ilo, ihi = metrics.bootstrap_ci(per_instance, 2000, 0.95, 0)
+    assert 1.7 < (hi - lo) / (nhi - nlo) < 2.3
+    assert (hi - lo) == pytest.approx(ihi - ilo, rel=0.1)  # as if each instance were one image
+
+
+def test_difference_of_independent_samples() -> None:
+    # constants: the difference is exact and the interval has no width
+    assert metrics.bootstrap_diff_ci(torch.ones(5), torch.zeros(7)) == (1.0, 1.0, 1.0)
+    # a = half ones (n = 400), b = constant 0.1: diff 0.4, se = sqrt(.25 / 400) = 0.025
+    a = torch.tensor([0.0, 1.0]).repeat(200)
+    b = torch.full((300,), 0.1)
+    diff, lo, hi = metrics.bootstrap_diff_ci(a, b, 4000, 0.95, seed=3)
+    assert diff == pytest.approx(0.4)
+    assert lo == pytest.approx(0.4 - 1.96 * 0.025, abs=0.01)
+    assert hi == pytest.approx(0.4 + 1.96 * 0.025, abs=0.01)
+    # both samples vary: the variances add, se = sqrt(2) * 0.025
+    b = torch.tensor([0.0, 1.0]).repeat(200)
+    diff, lo, hi = metrics.bootstrap_diff_ci(a, b, 4000, 0.95, seed=3)
+    assert diff == 0.0 and (hi - lo) == pytest.approx(2 * 1.96 * 0.025 * 2**0.5, rel=0.12)
+    nan = metrics.bootstrap_diff_ci(torch.ones(3), torch.empty(0))
+    assert all(math.isnan(v) for v in nan)
+
+
+def test_distinct_pairs_never_compare_a_view_with_itself() -> None:
+    from eval.views import distinct_pairs, random_pair_offsets
+
+    gen = torch.Generator().manual_seed(0)
+    pairs = distinct_pairs(12000, 3, gen)
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    # uniform over the 6 ordered pairs of distinct views
+    counts = torch.bincount(pairs[:, 0] * 3 + pairs[:, 1], minlength=9).double() / 12000
+    for i in range(3):
+        assert counts[4 * i] == 0
+    assert ((counts[counts > 0] - 1 / 6).abs() < 0.015).all()
+    offsets = random_pair_offsets(5000, 1.0, 1.0, gen)  # a 3x3 lattice: 9 points
+    assert offsets.abs().max() == 1 and (offsets[:, 0] != offsets[:, 1]).any(1).all()
+    with pytest.raises(ValueError, match="two views"):
+        distinct_pairs(3, 1, gen)

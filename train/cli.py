@@ -31,9 +31,17 @@ def _load(args: Sequence[str], base: dict[str, Any] | None = None):
 
 
 def format_accuracy_table(metrics: dict[str, Any]) -> str:
-    rows = [f"{'split':<10} {'accuracy':>9}", f"{'-' * 10} {'-' * 9}"]
+    """Accuracy per split, with what each held-out split changes against training."""
+    data = metrics.get("data", {})
+    rows = [f"{'split':<12} {'accuracy':>9}  changes", f"{'-' * 12} {'-' * 9}  {'-' * 40}"]
     for split, values in metrics["splits"].items():
-        rows.append(f"{split:<10} {100 * values['accuracy']:>8.2f}%")
+        info = data.get(split, {})
+        if split == "val":
+            what = "(training distribution; selects the best checkpoint)"
+        else:
+            what = "+".join(info.get("changes") or []) or "nothing (training distribution)"
+            what += f": {info['placement']}" if info.get("placement") else ""
+        rows.append(f"{split:<12} {100 * values['accuracy']:>8.2f}%  {what}")
     return "\n".join(rows)
 
 
@@ -154,12 +162,41 @@ def cmd_show_data(ns: argparse.Namespace) -> int:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    from train.sweep import run_sweep
+    from train.sweep import run_sweep, slurm_script, summary
 
     yamls, overrides = _split_args(ns.args)
-    results = run_sweep(ns.sweep, yamls, overrides, dry_run=ns.dry_run, report=print)
-    done = sum(status == "done" for _, status in results)
-    print(f"\n{len(results)} points, {done} trained now. Compare them: invlab compare <runs>")
+    if ns.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {ns.jobs}.")
+    if ns.emit_slurm:
+        path = Path(ns.emit_slurm)
+        path.write_text(slurm_script(ns.sweep, yamls, overrides))
+        print(f"Wrote {path}: submit it with `sbatch {path}`.")
+        return 0
+    results = run_sweep(
+        ns.sweep,
+        yamls,
+        overrides,
+        dry_run=ns.dry_run,
+        jobs=ns.jobs,
+        only=ns.point,
+        report=print,
+    )
+    print()
+    print(summary(results))
+    if not ns.dry_run and ns.point is None:
+        print("Tabulate them: invlab report <out_dir>  (or invlab compare <runs>)")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from eval.study import text_table, write_report
+
+    out = Path(ns.out) if ns.out else Path(ns.dirs[0]) / "report"
+    result = write_report(ns.dirs, out, by=ns.by or ())
+    runs = sum(len(g.runs) for g in result["groups"])
+    print(f"{runs} runs in {len(result['groups'])} groups; mean [95% t-interval across seeds]")
+    print(text_table(result["groups"], result["rows"], result["keys"]))
+    print(f"\nWrote {', '.join(str(f) for f in result['files'])}")
     return 0
 
 
@@ -238,13 +275,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p.add_argument("-n", type=int, default=n, help="images (per row)")
     p = sub.add_parser(
         "sweep",
-        help="run a sweep's grid here, one fit after another (finished points are skipped)",
+        help="run a sweep's grid here: finished points skipped, interrupted ones resumed",
     )
     p.add_argument("sweep", help="a W&B grid sweep YAML, e.g. configs/sweeps/ablation.yaml")
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help="base config + overrides")
     p.add_argument("--dry-run", action="store_true", help="list the points, train nothing")
+    p.add_argument("--jobs", type=int, default=1, help="points run in parallel (one GPU each)")
+    p.add_argument("--point", type=int, help="run only grid point K (0-based; SLURM array task)")
+    p.add_argument("--emit-slurm", metavar="FILE", help="write an sbatch array script instead")
     p.set_defaults(func=cmd_sweep)
     commands["sweep"] = p
+
+    p = sub.add_parser("report", help="a study's runs grouped by seed: tables and plots")
+    p.add_argument("dirs", nargs="+", help="run directories or folders of runs (a sweep's out_dir)")
+    p.add_argument("--by", nargs="+", metavar="KEY", help="swept key(s) for the x axis")
+    p.add_argument("--out", help="output folder (default: <first DIR>/report)")
+    p.set_defaults(func=cmd_report)
+    commands["report"] = p
 
     p = sub.add_parser("compare", help="finished runs side by side (ablation table + plot)")
     p.add_argument("runs", nargs="+", help="run directories, e.g. runs/*")

@@ -33,14 +33,18 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------- data
 @dataclass
 class PlacementConfig:
-    """Where, how large and on what an object is rendered: the photographer's bias.
+    """Where, how large, on what and how an object is rendered: the photographer's bias.
 
-    position: ``gaussian`` (offset ~ N(0, sigma_px) per axis), ``uniform`` (offset uniform in
-    [-max_offset_px, max_offset_px] per axis), ``ring`` (distance from the centre uniform in
-    ``radius_px``, angle uniform) or ``center`` (no offset).
+    position: ``gaussian`` (offset ~ N(0, sigma_px) per axis, truncated to a distance of at most
+    ``max_offset_px`` from the centre), ``uniform`` (offset uniform in [-max_offset_px,
+    max_offset_px] per axis), ``ring`` (distance from the centre uniform in ``radius_px``, angle
+    uniform) or ``center`` (no offset).
     scale: the object's size factor is log-uniform in [lo, hi] (1.0 = ``data.object_size``).
     background: ``flat`` (one random grey level per image), ``noise`` (i.i.d. pixel noise) or
-    ``texture`` (smooth random texture).
+    ``texture`` (smooth random texture of a fixed cell size in pixels).
+    appearance: ``colour`` (the source's own colours; intensity-only sources get a random stroke
+    colour, backgrounds a random level) or ``classic`` (white objects on a black canvas, as in
+    MNIST).
     """
 
     position: str = "gaussian"
@@ -49,41 +53,69 @@ class PlacementConfig:
     radius_px: list[float] = field(default_factory=lambda: [6.0, 10.0])
     scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
     background: str = "flat"
+    appearance: str = "colour"
+
+
+# Factors of a rendering, each a group of PlacementConfig keys: a held-out split that sets keys
+# of one group changes that one factor (``source`` is a factor of its own).
+FACTORS: dict[str, tuple[str, ...]] = {
+    "position": ("position", "sigma_px", "max_offset_px", "radius_px"),
+    "scale": ("scale",),
+    "background": ("background",),
+    "appearance": ("appearance",),
+}
 
 
 @dataclass
-class PlacementSplits:
-    """Placement per split. ``val`` and ``typical`` are fresh draws from ``train``."""
+class HeldoutSplitConfig:
+    """A held-out split: ``n`` images of held-out instances, rendered from the training placement
+    (``data.placement``) except for the keys set here (null = as in training). Setting keys of one
+    factor (position, scale, background, appearance, source) makes a single-factor split."""
 
-    train: PlacementConfig = field(default_factory=PlacementConfig)
-    atypical: PlacementConfig = field(
-        default_factory=lambda: PlacementConfig(
-            position="ring", radius_px=[5.0, 8.0], scale=[0.65, 1.35], background="noise"
-        )
-    )
+    n: int = 500
+    source: Optional[str] = None  # another source with the same classes (null: data.source)
+    position: Optional[str] = None
+    sigma_px: Optional[float] = None
+    max_offset_px: Optional[float] = None
+    radius_px: Optional[list[float]] = None
+    scale: Optional[list[float]] = None
+    background: Optional[str] = None
+    appearance: Optional[str] = None
+
+
+def _default_heldout() -> dict[str, HeldoutSplitConfig]:
+    return {
+        "typical": HeldoutSplitConfig(),
+        "atypical": HeldoutSplitConfig(
+            position="ring", radius_px=[3.5, 5.0], scale=[0.65, 0.8], background="noise"
+        ),
+    }
 
 
 @dataclass
 class DataConfig:
     source: str = "shapes"
-    # Another source with the same classes for the atypical split (e.g. train on mnist, atypical
-    # from digits). None: the atypical split uses `source` with `placement.atypical`.
-    atypical_source: Optional[str] = None
     root: str = "data"
     download: bool = True
     image_size: int = 32
     object_size: float = 0.6  # object's nominal extent as a fraction of image_size
     render: bool = True  # False: use the source images as they are (resized to image_size)
     eval_margin_px: int = 4  # held-out renderings are image_size + 2 * margin wide
+    # Objects stay wholly inside the model window at every evaluated view: shifted by up to
+    # eval_margin_px, or rescaled by up to frame_scale. False: placements may cut objects.
+    keep_in_frame: bool = True
+    frame_scale: float = 1.15
     n_train: int = 5000
     n_val: int = 500
-    n_typical: int = 500
-    n_atypical: int = 500
     batch_size: int = 128
     num_workers: int = 0
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
-    placement: PlacementSplits = field(default_factory=PlacementSplits)
+    # The training distribution (also that of `val` and the `typical` held-out split).
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    # Named held-out splits: `typical` (training distribution, held-out instances) plus any number
+    # of splits that each change some factors; disjoint instances across splits.
+    heldout: dict[str, HeldoutSplitConfig] = field(default_factory=_default_heldout)
 
 
 # -------------------------------------------------------------------------------------- model
@@ -122,7 +154,10 @@ class AugmentConfig:
 
     presets: list[str] = field(default_factory=list)
     max_shift_px: int = 4  # translate (exact); affine, heavy (bilinear)
-    pad_fill: str = "zeros"  # translate: zeros | reflect | background
+    # translate: how the uncovered border is filled. `reflect` (default) mirrors the border, which
+    # for rendered data is background of the same statistics; `zeros` paints black bars that
+    # held-out images never show; `background` paints each image's median border colour.
+    pad_fill: str = "reflect"
     subpixel_max_px: float = 2.0  # subpixel_translate
     scale: list[float] = field(default_factory=lambda: [0.8, 1.2])  # scale, affine
     degrees: float = 15.0  # rotate, affine
@@ -166,7 +201,7 @@ class TypicalityConfig:
 class EvalConfig:
     enabled: bool = True
     every_n_epochs: int = 0  # 0: only at the end of fit
-    splits: list[str] = field(default_factory=lambda: ["typical", "atypical"])
+    splits: Optional[list[str]] = None  # null: every held-out split (data.heldout) with n > 0
     transforms: list[str] = field(default_factory=lambda: ["translate", "scale"])
     n_images: int = 500  # per split (the first n)
     batch_size: int = 2048  # views per forward pass
@@ -176,13 +211,17 @@ class EvalConfig:
     subpixel_step: float = 0.25
     pad_mode: str = "reflect"  # crop without margin: reflect | replicate | zeros
     fill: str = "black"  # embed: black | mean | inpaint
-    embed_size: float = 0.75  # embed: image resized to this fraction of the input size
+    # embed: null keeps the object scale (the central image_size - 2 * max_shift_px pixels are
+    # pasted as they are); a fraction resizes the image to it (Azulay & Weiss; changes the scale).
+    embed_size: Optional[float] = None
     scales: list[float] = field(default_factory=lambda: [0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15])
     scale_protocol: str = "render"  # render (re-render the object; needs data.render) | embed
     n_bootstrap: int = 1000
     ci_level: float = 0.95
     seed: int = 0
     plots: bool = True
+    # Local homogeneity (eval.homogeneity) of every evaluated split at these window sizes.
+    homogeneity_windows: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
     typicality: TypicalityConfig = field(default_factory=TypicalityConfig)
 
 
@@ -241,18 +280,25 @@ SOURCES = (
     "stl10",
     "folder",
 )
+POSITIONS = ("gaussian", "uniform", "ring", "center")
+BACKGROUNDS = ("flat", "noise", "texture")
+APPEARANCES = ("colour", "classic")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": SOURCES,
-    "data.atypical_source": SOURCES,
-    "data.placement.*.position": ("gaussian", "uniform", "ring", "center"),
-    "data.placement.*.background": ("flat", "noise", "texture"),
+    "data.heldout.*.source": SOURCES,
+    "data.placement.position": POSITIONS,
+    "data.heldout.*.position": POSITIONS,
+    "data.placement.background": BACKGROUNDS,
+    "data.heldout.*.background": BACKGROUNDS,
+    "data.placement.appearance": APPEARANCES,
+    "data.heldout.*.appearance": APPEARANCES,
     "model.downsample": ("conv", "maxpool", "avgpool", "none"),
     "model.padding_mode": ("zeros", "reflect", "replicate", "circular"),
     "model.norm": ("batch", "none"),
     "model.head": ("gap", "flatten"),
     "model.antialias.method": ("none", "blur", "maxblur", "aps"),
     "model.antialias.pad_mode": ("reflect", "replicate", "circular", "zeros"),
-    "augment.pad_fill": ("zeros", "reflect", "background"),
+    "augment.pad_fill": ("reflect", "zeros", "background"),
     "optim.optimizer": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "onecycle", "constant"),
     "eval.protocol": ("crop", "embed", "circular", "subpixel"),
@@ -264,8 +310,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "eval.splits": ("train", "val", "typical", "atypical"),
     "eval.transforms": ("translate", "scale"),
+}
+# Keys of earlier versions: a config that uses one is told where it went.
+RENAMED = {
+    "data.placement.train": "the training placement is 'data.placement' itself",
+    "data.placement.atypical": "held-out placements are 'data.heldout.<split>' (e.g. "
+    "data.heldout.atypical.position)",
+    "data.n_typical": "use 'data.heldout.typical.n'",
+    "data.n_atypical": "use 'data.heldout.atypical.n'",
+    "data.atypical_source": "use 'data.heldout.<split>.source' (e.g. data.heldout.atypical.source)",
 }
 # Trainer arguments invlab sets itself from other sections.
 MANAGED_TRAINER_KEYS = {
@@ -294,6 +348,9 @@ def _schema_type(full_key: str) -> Any:
     for part in full_key.split("."):
         indexed = "[" in part
         part = part.split("[")[0]
+        if get_origin(node) is dict:  # a named entry of a mapping (data.heldout.<split>)
+            node = typ = get_args(node)[1]
+            continue
         if not (isinstance(node, type) and is_dataclass(node)):
             return None
         hints = get_type_hints(node)
@@ -325,7 +382,10 @@ def _parent_keys(full_key: str) -> list[str]:
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
     node: Any = Config
     for part in [p for p in parent.split(".") if p]:
-        hints = get_type_hints(node) if is_dataclass(node) else {}
+        if get_origin(node) is dict:
+            node = get_args(node)[1]
+            continue
+        hints = get_type_hints(node) if node is not None and is_dataclass(node) else {}
         node = hints.get(part)
     return [f.name for f in fields(node)] if node is not None and is_dataclass(node) else []
 
@@ -334,6 +394,9 @@ def _translate(err: OmegaConfBaseException, source: str) -> ConfigError:
     full_key = str(getattr(err, "full_key", "") or "")
     where = f" (in {source})" if source else ""
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and full_key:
+        for old, new in RENAMED.items():
+            if full_key == old or full_key.startswith(old + "."):
+                return ConfigError(f"Config key '{full_key}'{where} was replaced: {new}.")
         leaf = full_key.rsplit(".", 1)[-1]
         valid = _parent_keys(full_key)
         hint = _suggest(leaf, valid)
@@ -391,6 +454,13 @@ def _check_choices(cfg: DictConfig) -> None:
                     f"Invalid value {value!r} for '{k}'.{_suggest(str(value), list(allowed))} "
                     f"Choose one of: {', '.join(allowed)}."
                 )
+    splits = ("train", "val", *cfg.data.heldout)
+    for value in cfg.eval.splits or []:
+        if value not in splits:
+            raise ConfigError(
+                f"Invalid entry {value!r} in 'eval.splits'.{_suggest(str(value), list(splits))} "
+                f"Choose from: {', '.join(splits)} (held-out splits are defined in data.heldout)."
+            )
     for key, allowed in LIST_CHOICES.items():
         for value in OmegaConf.select(cfg, key) or []:
             if value not in allowed:
@@ -411,21 +481,31 @@ def _check_ranges(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}.")
-    for key in ("n_val", "n_typical", "n_atypical", "eval_margin_px", "num_workers"):
+    for key in ("n_val", "eval_margin_px", "num_workers"):
         if d[key] < 0:
             raise ConfigError(f"'data.{key}' must be >= 0, got {d[key]}.")
-    for split in d.placement:
-        p = d.placement[split]
-        if len(p.scale) != 2 or not 0 < p.scale[0] <= p.scale[1]:
-            raise ConfigError(
-                f"'data.placement.{split}.scale' must be [lo, hi] with 0 < lo <= hi, "
-                f"got {list(p.scale)}."
-            )
-        if len(p.radius_px) != 2 or not 0 <= p.radius_px[0] <= p.radius_px[1]:
-            raise ConfigError(
-                f"'data.placement.{split}.radius_px' must be [r0, r1] with 0 <= r0 <= r1, "
-                f"got {list(p.radius_px)}."
-            )
+    _check_placement(d.placement, "data.placement")
+    for split, spec in d.heldout.items():
+        if spec.n < 0:
+            raise ConfigError(f"'data.heldout.{split}.n' must be >= 0, got {spec.n}.")
+        _check_placement(spec, f"data.heldout.{split}")
+    changed = changed_factors(d, "typical") if "typical" in d.heldout else []
+    if changed:
+        raise ConfigError(
+            f"'data.heldout.typical' is the training distribution with held-out instances, but "
+            f"it changes {', '.join(changed)}. Remove those keys from data.heldout.typical and "
+            f"define a new split (e.g. data.heldout.my_split) for that change."
+        )
+    scales = list(cfg.eval.scales)
+    in_frame = d.keep_in_frame and "scale" in cfg.eval.transforms and scales
+    if in_frame and max(scales) > d.frame_scale:
+        raise ConfigError(
+            f"eval.scales reaches {max(scales):g} but held-out objects are only kept in frame up "
+            f"to data.frame_scale={d.frame_scale:g}: raise data.frame_scale to {max(scales):g} or "
+            f"lower eval.scales (or allow cut objects with data.keep_in_frame=false)."
+        )
+    if d.frame_scale < 1:
+        raise ConfigError(f"'data.frame_scale' must be >= 1, got {d.frame_scale}.")
     if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
         raise ConfigError("'data.mean' and 'data.std' need 3 values each, std > 0.")
     if not 1 <= cfg.model.antialias.filt_size <= 7:
@@ -436,6 +516,78 @@ def _check_ranges(cfg: DictConfig) -> None:
         raise ConfigError(f"'optim.lr' must be positive, got {cfg.optim.lr}.")
     if not 0 < cfg.eval.ci_level < 1:
         raise ConfigError(f"'eval.ci_level' must be in (0, 1), got {cfg.eval.ci_level}.")
+
+
+def _check_placement(p: Any, where: str) -> None:
+    scale, radius = p.scale, p.radius_px
+    if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
+        raise ConfigError(f"'{where}.scale' must be [lo, hi] with 0 < lo <= hi, got {list(scale)}.")
+    if radius is not None and (len(radius) != 2 or not 0 <= radius[0] <= radius[1]):
+        raise ConfigError(
+            f"'{where}.radius_px' must be [r0, r1] with 0 <= r0 <= r1, got {list(radius)}."
+        )
+    for key in ("sigma_px", "max_offset_px"):
+        if p[key] is not None and p[key] < 0:
+            raise ConfigError(f"'{where}.{key}' must be >= 0, got {p[key]}.")
+
+
+def heldout_placement(data: DataConfig, split: str) -> PlacementConfig:
+    """The placement of a held-out split: the training placement with the split's keys set."""
+    values = {f.name: getattr(data.placement, f.name) for f in fields(PlacementConfig)}
+    spec = data.heldout[split]
+    for key in values:
+        if spec[key] is not None:
+            values[key] = spec[key]
+    return PlacementConfig(
+        **{k: list(v) if isinstance(v, (list, ListConfig)) else v for k, v in values.items()}
+    )
+
+
+def changed_factors(data: DataConfig, split: str) -> list[str]:
+    """The factors (``FACTORS`` and ``source``) in which a held-out split differs from training.
+
+    A key the position kind does not use (``radius_px`` of a gaussian) changes nothing."""
+    train, placed = data.placement, heldout_placement(data, split)
+    used = {
+        "gaussian": ("position", "sigma_px", "max_offset_px"),
+        "uniform": ("position", "max_offset_px"),
+        "ring": ("position", "radius_px"),
+        "center": ("position",),
+    }[placed.position]
+
+    def differs(key: str) -> bool:
+        a, b = getattr(train, key), getattr(placed, key)
+        a = list(a) if isinstance(a, (list, ListConfig)) else a
+        b = list(b) if isinstance(b, (list, ListConfig)) else b
+        return a != b
+
+    changed = [
+        name
+        for name, keys in FACTORS.items()
+        if any(differs(k) for k in keys if name != "position" or k in used)
+    ]
+    source = data.heldout[split].source
+    if source is not None and source != data.source:
+        changed.append("source")
+    return changed
+
+
+def heldout_splits(data: DataConfig) -> list[str]:
+    """Held-out splits with images: ``typical`` first, ``atypical`` last, others in config order."""
+    return [name for name in ordered_heldout(data) if data.heldout[name].n > 0]
+
+
+def ordered_heldout(data: DataConfig) -> list[str]:
+    """Every held-out split name: ``typical`` first, ``atypical`` last, others in config order."""
+    rank = {"typical": 0, "atypical": 2}
+    return sorted(data.heldout, key=lambda name: rank.get(name, 1))
+
+
+def eval_splits(cfg: Config) -> list[str]:
+    """``eval.splits``, or every held-out split with images when it is null."""
+    if cfg.eval.splits is None:
+        return heldout_splits(cfg.data)
+    return list(cfg.eval.splits)
 
 
 @functools.cache

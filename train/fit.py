@@ -3,6 +3,9 @@
 Run directory ``<out_dir>/<name>/``: ``config.yaml``, ``checkpoints/{last,best-*}.ckpt``,
 ``csv/metrics.csv``, ``reports/`` (invariance JSON and plots, augmentation samples),
 ``metrics.json``, and ``wandb/`` for offline W&B runs.
+
+``checkpoints/last.ckpt`` always holds the newest weights (those ``metrics.json`` reports and
+``--resume`` continues); ``checkpoints/best-epochNNN.ckpt`` the best by ``val/accuracy``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ from train.config import Config, ConfigError, save_config, to_container
 from train.data import build_datamodule
 from train.loggers import build_loggers
 from train.module import Classifier
-
-EVAL_SPLITS = ("val", "typical", "atypical")
+from train.provenance import checkpoint_position, collect_provenance, relative_path
 
 
 @dataclass
@@ -38,6 +40,41 @@ class FitResult:
 
     def accuracy(self, split: str) -> float:
         return float(self.metrics["splits"][split]["accuracy"])
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``<dirpath>/last.ckpt`` at the end of every training epoch and when training ends.
+
+    Lightning's own ``ModelCheckpoint`` (``monitor=None``, one file named "last", saved in
+    ``on_train_epoch_end``, after that epoch's validation) plus a save in ``on_train_end`` should
+    training end without one. Needed because Lightning 2.6's ``save_last=True`` rewrites
+    ``last.ckpt`` only together with a new best checkpoint. Put it after the best
+    ``ModelCheckpoint`` so that ``last.ckpt`` holds that callback's updated state.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=self.CHECKPOINT_NAME_LAST,
+            monitor=None,
+            save_top_k=1,
+            save_on_train_epoch_end=True,  # also after epochs without validation
+            enable_version_counter=False,
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        # Skipped when no step was taken since this callback's last save (the usual case).
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _checkpoint_block(path: Path | None, run_dir: Path) -> dict[str, Any] | None:
+    """``{"path" (relative to run_dir), "global_step", "epoch"}`` read from a checkpoint file."""
+    if path is None or not path.is_file():
+        return None
+    step, epoch = checkpoint_position(path)
+    return {"path": relative_path(path, run_dir), "global_step": step, "epoch": epoch}
 
 
 def global_rank() -> int:
@@ -78,6 +115,18 @@ def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> tuple[Path
     return run_dir, None
 
 
+def _augment_summary(cfg: Config) -> dict[str, Any]:
+    """What training augmentation did, for reports (the fill decides what borders looked like)."""
+    a = cfg.augment
+    shifts = "translate" in a.presets
+    return {
+        "presets": list(a.presets),
+        "ops": [dict(op) for op in a.ops],
+        "max_shift_px": int(a.max_shift_px) if shifts else None,
+        "pad_fill": str(a.pad_fill) if shifts else None,
+    }
+
+
 def _augment_samples(model: Classifier, dm: Any, run_dir: Path, loggers: list[Any]) -> None:
     """Save (and log to W&B) a grid of original vs augmented training images."""
     cfg = model.cfg
@@ -99,21 +148,26 @@ def fit(
     overwrite: bool = False,
     callbacks: Sequence[L.Callback] = (),
 ) -> FitResult:
-    """Train ``cfg``, evaluate accuracy (and invariance) on val/typical/atypical, save it all.
+    """Train ``cfg``, evaluate accuracy (and invariance) on val and the held-out splits, save it.
 
     ``resume`` continues ``<run_dir>/checkpoints/last.ckpt``; ``overwrite`` replaces an existing
     run directory; ``callbacks`` are added to invlab's own.
     """
+    # Data and evaluation settings are checked (every split rendered) before anything is written.
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    if cfg.eval.enabled:
+        from eval.runner import preflight
+
+        preflight(cfg.eval, dm, cfg.data.image_size)
     run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if global_rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
-
-    dm = build_datamodule(cfg)
-    dm.setup("fit")
     model = Classifier(cfg, num_classes=dm.num_classes)
 
     loggers, notes = build_loggers(cfg, run_dir, rank=global_rank(), resume=resume)
+    notes = [*dm.notes, *notes]
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -122,17 +176,20 @@ def fit(
         monitor="val/accuracy",
         mode="max",
         save_top_k=1,
-        save_last=True,
     )
-    all_callbacks: list[Any] = [checkpoint, *callbacks]
+    # Order matters: last.ckpt is written after the best callback updated its state.
+    all_callbacks: list[Any] = [checkpoint, LastCheckpoint(ckpt_dir), *callbacks]
     monitor = None
     if cfg.eval.enabled:
         from eval.callback import InvarianceMonitor
-        from eval.runner import preflight
 
-        preflight(cfg.eval, dm, cfg.data.image_size)  # fail now, not after training
-
-        monitor = InvarianceMonitor(cfg.eval, image_size=cfg.data.image_size, out_dir=run_dir)
+        monitor = InvarianceMonitor(
+            cfg.eval,
+            image_size=cfg.data.image_size,
+            out_dir=run_dir,
+            checkpoint=ckpt_dir / "last.ckpt",
+            context={"data": dm.split_info(), "augment": _augment_summary(cfg)},
+        )
         all_callbacks.append(monitor)
     if loggers:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -161,7 +218,7 @@ def fit(
             warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
-        splits = [s for s in EVAL_SPLITS if len(dm.split(s).labels) > 0]
+        splits = [s for s in ("val", *dm.heldout_names) if len(dm.split(s).labels) > 0]
         model.eval_split_names = splits
         results = trainer.test(
             model, dataloaders=[dm.eval_dataloader(s) for s in splits], verbose=False
@@ -175,12 +232,28 @@ def fit(
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "num_classes": dm.num_classes,
+        "data": dm.split_info(),
         "config": to_container(cfg),  # results keep the config that produced them
     }
-    if monitor is not None and monitor.final_report is not None:
-        metrics["invariance"] = monitor.final_report
     last = ckpt_dir / "last.ckpt"
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    # The accuracies above are those of the final weights, which last.ckpt holds.
+    metrics["checkpoint"] = _checkpoint_block(last, run_dir)
+    metrics["best_checkpoint"] = _checkpoint_block(best, run_dir)
+    if metrics["best_checkpoint"] is not None:
+        score = checkpoint.best_model_score
+        metrics["best_checkpoint"]["monitor"] = checkpoint.monitor
+        metrics["best_checkpoint"]["score"] = None if score is None else float(score)
+    if monitor is not None and monitor.final_report is not None:
+        metrics["invariance"] = monitor.final_report
+    block = metrics["checkpoint"] or {}
+    metrics["provenance"] = collect_provenance(
+        device=trainer.strategy.root_device,
+        checkpoint=last,
+        global_step=block.get("global_step"),
+        epoch=block.get("epoch"),
+        relative_to=run_dir,
+    )
     if trainer.is_global_zero:
         write_json(metrics, run_dir / "metrics.json")
         for logger in loggers:

@@ -1,7 +1,7 @@
 """Data: object sources, canvas rendering with placement distributions, the datamodule."""
 
 from train.data import digits, folder, shapes, torchvision_sources  # noqa: F401  (register sources)
-from train.data.datamodule import SPLITS, InvDataModule, SplitData, build_datamodule, center_crop
+from train.data.datamodule import InvDataModule, SplitData, build_datamodule, center_crop
 from train.data.registry import (
     ArrayPool,
     ObjectPool,
@@ -13,7 +13,6 @@ from train.data.registry import (
 )
 
 __all__ = [
-    "SPLITS",
     "ArrayPool",
     "InvDataModule",
     "ObjectPool",

@@ -3,10 +3,17 @@ around a level) and ``texture`` (smooth random colour field).
 
 The level is drawn relative to the object's mean luminance (at least a quarter of the range
 away, wrapping around), so an object is never invisible on its background while the level itself
-stays uniformly spread and uninformative about the class.
+stays uniformly spread and uninformative about the class. The ``classic`` appearance puts white
+objects on black (level 0, no tint).
+
+Statistics do not depend on the canvas size: noise is i.i.d. per pixel, and a texture is a grid of
+random values at a fixed cell size in pixels, anchored at the canvas centre, so the model window
+of a margin-padded held-out rendering sees the same texture scale as a training rendering.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -18,11 +25,15 @@ __all__ = ["BACKGROUNDS", "draw_background", "paint_background"]
 BACKGROUNDS = ("flat", "noise", "texture")
 NOISE_STD = 0.12
 TEXTURE_STD = 0.15
-TEXTURE_CELLS = 5
+TEXTURE_CELLS = 5  # texture cells across the model window (cell = image_size / 5 px)
 
 
-def draw_background(kind: str, n: int, size: int, rng: np.random.Generator) -> dict[str, Tensor]:
-    """Random parameters of ``n`` backgrounds of ``size`` px (a fixed number of draws per call)."""
+def draw_background(
+    kind: str, n: int, size: int, rng: np.random.Generator, cell_px: float
+) -> dict[str, Tensor]:
+    """Random parameters of ``n`` backgrounds of ``size`` px (a fixed number of draws per call).
+
+    ``cell_px``: the texture's cell size in pixels (the same for every canvas size)."""
     if kind not in BACKGROUNDS:
         raise ValueError(f"unknown background {kind!r}; choose one of {BACKGROUNDS}")
     params = {
@@ -33,19 +44,43 @@ def draw_background(kind: str, n: int, size: int, rng: np.random.Generator) -> d
     if kind == "noise":
         params["field"] = NOISE_STD * torch.randn(n, 3, size, size, generator=gen)
     elif kind == "texture":
-        params["field"] = TEXTURE_STD * torch.randn(
-            n, 3, TEXTURE_CELLS, TEXTURE_CELLS, generator=gen
-        )
+        cells = 2 * math.ceil(size / (2 * cell_px)) + 4  # even, with room for bicubic support
+        params["field"] = TEXTURE_STD * torch.randn(n, 3, cells, cells, generator=gen)
+        params["cell_px"] = torch.full((n,), float(cell_px))
     return params
 
 
-def paint_background(params: dict[str, Tensor], object_luma: Tensor, size: int) -> Tensor:
+def _texture(grid: Tensor, cell_px: float, size: int) -> Tensor:
+    """Sample the cell grid [n, 3, g, g] at the pixel centres of a ``size``-px canvas whose
+    centre is the grid's centre (bicubic)."""
+    g = grid.shape[-1]
+    centres = torch.arange(size, dtype=torch.float32, device=grid.device) + 0.5 - size / 2
+    coords = centres / cell_px / (g / 2)  # grid units, [-1, 1] spans the grid's outer edges
+    n = grid.shape[0]
+    xy = torch.stack(torch.meshgrid(coords, coords, indexing="xy"), -1)
+    return F.grid_sample(
+        grid,
+        xy.expand(n, size, size, 2),
+        mode="bicubic",
+        padding_mode="border",
+        align_corners=False,
+    )
+
+
+def paint_background(
+    params: dict[str, Tensor], object_luma: Tensor, size: int, classic: bool = False
+) -> Tensor:
     """Float backgrounds [n, 3, size, size] in [0, 1] behind objects of mean luminance [n]."""
-    level = (object_luma.to(params["shift"]) + params["shift"]) % 1.0
-    bg = (level[:, None] + params["tint"])[..., None, None].expand(-1, 3, size, size)
+    if classic:
+        level = torch.zeros_like(params["shift"])
+        tint = torch.zeros_like(params["tint"])
+    else:
+        level = (object_luma.to(params["shift"]) + params["shift"]) % 1.0
+        tint = params["tint"]
+    bg = (level[:, None] + tint)[..., None, None].expand(-1, 3, size, size)
     field = params.get("field")
     if field is not None:
-        if field.shape[-1] != size:  # texture: a smooth field from a coarse grid
-            field = F.interpolate(field, size=(size, size), mode="bicubic", align_corners=False)
+        if "cell_px" in params:
+            field = _texture(field, float(params["cell_px"][0]), size)
         bg = bg + field
     return bg.clamp(0, 1)

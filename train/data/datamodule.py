@@ -1,9 +1,19 @@
-"""The datamodule: train / val / typical / atypical splits held in memory as uint8 tensors."""
+"""The datamodule: ``train``, ``val`` and the named held-out splits, in memory as uint8 tensors.
+
+Held-out splits (``data.heldout``) render held-out instances with the training placement
+except for the factors each split sets. ``val`` and every held-out split get disjoint instances
+of their source's held-out pool; when the pool is too small for that, each split cycles its own
+disjoint share and the reuse is announced (``notes``) and recorded, so that bootstrap intervals
+can resample instances rather than images.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
@@ -11,29 +21,52 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from train.config import Config, ConfigError, PlacementConfig
+from train.config import (
+    Config,
+    ConfigError,
+    PlacementConfig,
+    changed_factors,
+    heldout_placement,
+    heldout_splits,
+    ordered_heldout,
+)
+from train.data.background import TEXTURE_CELLS
+from train.data.placement import FrameRule
 from train.data.registry import ObjectPool, Source, build_source
-from train.data.render import render_split, resize_split
+from train.data.render import Scene, render_scene, render_split, resize_split
 from train.data.sampler import EpochSeededSampler
 
-__all__ = ["SPLITS", "InvDataModule", "SplitData", "build_datamodule", "center_crop"]
-
-SPLITS = ("train", "val", "typical", "atypical")
-_HELDOUT_SLOT = {"val": 0, "typical": 1, "atypical": 2}  # interleaved held-out draw positions
+__all__ = [
+    "InvDataModule",
+    "SplitData",
+    "allocate_instances",
+    "build_datamodule",
+    "center_crop",
+    "describe_placement",
+]
 
 
 @dataclass
 class SplitData:
     """One split: uint8 ``images`` [N, 3, S + 2m, S + 2m], int64 ``labels`` [N], ``margin`` m;
-    ``indices`` [N] are the instances' indices in their source (provenance)."""
+    ``indices`` [N] are the instances' indices in their source (provenance, and the unit a
+    bootstrap resamples); ``scene`` holds the placements of rendered splits."""
 
     images: Tensor
     labels: Tensor
     margin: int
     indices: Tensor | None = None
+    scene: Scene | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def boxes(self) -> Tensor | None:
+        """[N, 4] object boxes (x0, x1, y0, y1), px from the model window's centre."""
+        if self.scene is None:
+            return None
+        return torch.as_tensor(self.scene.boxes(), dtype=torch.float64)
 
 
 def center_crop(images: Tensor, margin: int) -> Tensor:
@@ -43,21 +76,61 @@ def center_crop(images: Tensor, margin: int) -> Tensor:
     return images[..., margin:-margin, margin:-margin]
 
 
-def _describe_placement(p: PlacementConfig) -> str:
+def describe_placement(p: PlacementConfig) -> str:
     where = {
-        "gaussian": f"gaussian(sigma={p.sigma_px:g}px)",
+        "gaussian": f"gaussian(sigma={p.sigma_px:g}px, <= {p.max_offset_px:g}px)",
         "uniform": f"uniform(+-{p.max_offset_px:g}px)",
         "ring": f"ring(r={p.radius_px[0]:g}..{p.radius_px[1]:g}px)",
         "center": "center",
     }[p.position]
-    return f"{where}, scale {p.scale[0]:g}..{p.scale[1]:g}, {p.background} background"
+    look = "" if p.appearance == "colour" else f", {p.appearance}"
+    return f"{where}, scale {p.scale[0]:g}..{p.scale[1]:g}, {p.background} background{look}"
+
+
+def allocate_instances(
+    pool_size: int, demands: dict[str, int]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Disjoint shares of a pool of ``pool_size`` instances for splits needing ``demands`` images.
+
+    Returns (draw positions per split, distinct instances per split). Positions index a seeded
+    permutation of the pool: split ``s`` owns a contiguous block of it, of ``demands[s]``
+    positions when everything fits, else of a share proportional to its demand (at least one),
+    which its images cycle through. Blocks never overlap.
+    """
+    total = sum(demands.values())
+    if total <= pool_size:
+        sizes = dict(demands)
+    else:
+        active = {s: n for s, n in demands.items() if n > 0}
+        if len(active) > pool_size:
+            raise ConfigError(
+                f"{len(active)} splits need instances but the held-out pool has only "
+                f"{pool_size}: give fewer splits images."
+            )
+        exact = {s: pool_size * n / total for s, n in active.items()}
+        sizes = {s: max(1, math.floor(v)) for s, v in exact.items()}
+        for s in sorted(exact, key=lambda s: exact[s] - math.floor(exact[s]), reverse=True):
+            if sum(sizes.values()) >= pool_size:
+                break
+            sizes[s] += 1
+        while sum(sizes.values()) > pool_size:  # the minimum of one pushed us over
+            biggest = max(sizes, key=sizes.__getitem__)
+            sizes[biggest] -= 1
+        sizes.update({s: 0 for s in demands if s not in active})
+    positions, start = {}, 0
+    for split, n in demands.items():
+        size = sizes[split]
+        positions[split] = start + np.arange(n) % max(size, 1)
+        start += size
+    return positions, sizes
 
 
 class InvDataModule(L.LightningDataModule):
-    """Renders the four splits once (``setup`` is idempotent) and serves uint8 batches.
+    """Renders every split once (``setup`` is idempotent) and serves uint8 batches.
 
     ``split(name)`` gives the full-size tensors (held-out splits keep their margin for crop-based
-    shift evaluation); the dataloaders give the model-input window.
+    shift evaluation); the dataloaders give the model-input window. ``notes`` collects what a
+    user should know about the data (instance reuse).
     """
 
     def __init__(self, cfg: Config) -> None:
@@ -66,6 +139,9 @@ class InvDataModule(L.LightningDataModule):
         self._sources: dict[str, Source] = {}
         self._splits: dict[str, SplitData] = {}
         self._eval_sets: dict[str, TensorDataset] = {}
+        self._positions: dict[str, np.ndarray] | None = None
+        self.instance_counts: dict[str, int] = {}
+        self.notes: list[str] = []
 
     # ---------------------------------------------------------------------------- sources
     def _source(self, name: str) -> Source:
@@ -77,21 +153,30 @@ class InvDataModule(L.LightningDataModule):
     def source(self) -> Source:
         return self._source(self.cfg.data.source)
 
-    def load_sources(self) -> tuple[Source, Source]:
-        """(source, atypical-split source), loaded once. The atypical one is
-        ``data.atypical_source`` when set and must have the same number of classes."""
-        name = self.cfg.data.atypical_source
-        if name is None or name == self.cfg.data.source:
-            return self.source, self.source
+    def source_name(self, split: str) -> str:
+        spec = self.cfg.data.heldout.get(split)
+        return spec.source if spec is not None and spec.source else self.cfg.data.source
+
+    def source_of(self, split: str) -> Source:
+        """The source a split draws from; another source must have the same classes."""
+        name = self.source_name(split)
+        if name == self.cfg.data.source:
+            return self.source
         other = self._source(name)
         if other.num_classes != self.source.num_classes:
             raise ConfigError(
-                f"data.atypical_source={name!r} has {other.num_classes} classes but "
+                f"data.heldout.{split}.source={name!r} has {other.num_classes} classes but "
                 f"data.source={self.cfg.data.source!r} has {self.source.num_classes}; the "
-                f"atypical split needs the same classes. Choose a source with "
-                f"{self.source.num_classes} classes or set data.atypical_source=null."
+                f"split needs the same classes. Choose a source with "
+                f"{self.source.num_classes} classes or remove data.heldout.{split}.source."
             )
-        return self.source, other
+        return other
+
+    def load_sources(self) -> None:
+        """Load every source once (the only place a download may happen); a class-count
+        mismatch fails here, before anything is rendered."""
+        for split in self.split_names:
+            self.source_of(split)
 
     @property
     def num_classes(self) -> int:
@@ -102,6 +187,27 @@ class InvDataModule(L.LightningDataModule):
         return list(self.source.class_names)
 
     # ----------------------------------------------------------------------------- splits
+    @property
+    def split_names(self) -> list[str]:
+        """``train``, ``val`` and every held-out split, in config order."""
+        return ["train", "val", *ordered_heldout(self.cfg.data)]
+
+    @property
+    def heldout_names(self) -> list[str]:
+        """Held-out splits with images."""
+        return heldout_splits(self.cfg.data)
+
+    def size(self, split: str) -> int:
+        d = self.cfg.data
+        if split in ("train", "val"):
+            return int(d[f"n_{split}"])
+        return int(d.heldout[split].n)
+
+    def placement(self, split: str) -> PlacementConfig:
+        if split in ("train", "val"):
+            return self.cfg.data.placement
+        return heldout_placement(self.cfg.data, split)
+
     def margin(self, split: str) -> int:
         """Real extra pixels around the model input: held-out renderings only. Images used as
         they are (``data.render=false``) have none — resizing them larger would change their
@@ -110,40 +216,75 @@ class InvDataModule(L.LightningDataModule):
             return 0
         return int(self.cfg.data.eval_margin_px)
 
-    def _split_spec(self, split: str) -> tuple[ObjectPool, PlacementConfig, np.ndarray]:
+    @property
+    def frame(self) -> FrameRule | None:
+        """The in-frame rule every rendered split obeys (None with ``keep_in_frame=false``)."""
         d = self.cfg.data
-        n = int(d[f"n_{split}"])
-        if split == "train":
-            return self.source.train, d.placement.train, np.arange(n)
-        positions = 3 * np.arange(n) + _HELDOUT_SLOT[split]
-        if split == "atypical" and d.atypical_source not in (None, d.source):
-            return self.load_sources()[1].heldout, d.placement.train, positions
-        placement = d.placement.atypical if split == "atypical" else d.placement.train
-        return self.source.heldout, placement, positions
+        if not d.keep_in_frame:
+            return None
+        return FrameRule(int(d.image_size), float(d.eval_margin_px), float(d.frame_scale))
 
-    def _render(self, split: str, scale_factor: float = 1.0, n: int | None = None) -> SplitData:
+    def _allocate(self) -> dict[str, np.ndarray]:
+        """Draw positions of ``val`` and the held-out splits in their sources' held-out pools."""
+        if self._positions is not None:
+            return self._positions
+        by_source: dict[str, dict[str, int]] = {}
+        for split in self.split_names[1:]:
+            by_source.setdefault(self.source_name(split), {})[split] = self.size(split)
+        positions: dict[str, np.ndarray] = {}
+        for name, demands in by_source.items():
+            pool = len(self._source(name).heldout)
+            got, sizes = allocate_instances(pool, demands)
+            positions.update(got)
+            self.instance_counts.update(sizes)
+            reused = {s: n for s, n in demands.items() if n > sizes[s]}
+            if reused:
+                parts = ", ".join(
+                    f"{s} {n} images of {sizes[s]} instances" for s, n in reused.items()
+                )
+                note = (
+                    f"Instance reuse: data.source {name!r} has {pool} held-out instances but "
+                    f"{', '.join(demands)} need {sum(demands.values())} images; every split keeps "
+                    f"its own instances ({parts}). Bootstrap intervals resample instances."
+                )
+                self.notes.append(note)
+                warnings.warn(note, stacklevel=2)
+        self._positions = positions
+        return positions
+
+    def _render(self, split: str) -> SplitData:
         d = self.cfg.data
-        pool, placement, positions = self._split_spec(split)
-        positions = positions if n is None else positions[:n]
+        n = self.size(split)
+        if split == "train":
+            pool: ObjectPool = self.source.train
+            positions = np.arange(n)
+        else:
+            pool = self.source_of(split).heldout
+            positions = self._allocate()[split]
         margin = self.margin(split)
         canvas = int(d.image_size) + 2 * margin
-        if d.render:
-            images, labels, indices = render_split(
-                pool,
-                len(positions),
-                split=split,
-                seed=int(self.cfg.seed),
-                placement=placement,
-                canvas=canvas,
-                object_px=float(d.object_size) * int(d.image_size),
-                positions=positions,
-                scale_factor=scale_factor,
-            )
-        else:
+        if not d.render:
             images, labels, indices = resize_split(
-                pool, len(positions), seed=int(self.cfg.seed), size=canvas, positions=positions
+                pool, n, seed=int(self.cfg.seed), size=canvas, positions=positions
             )
-        return SplitData(images, labels, margin, indices)
+            return SplitData(images, labels, margin, indices)
+        images, labels, indices, scene = render_split(
+            pool,
+            n,
+            split=split,
+            seed=int(self.cfg.seed),
+            placement=self.placement(split),
+            canvas=canvas,
+            object_px=self.object_px,
+            positions=positions,
+            frame=self.frame,
+            cell_px=int(d.image_size) / TEXTURE_CELLS,
+        )
+        return SplitData(images, labels, margin, indices, scene)
+
+    @property
+    def object_px(self) -> float:
+        return float(self.cfg.data.object_size) * int(self.cfg.data.image_size)
 
     def prepare_data(self) -> None:
         """Lightning runs this on one process: the only place a download may happen."""
@@ -151,16 +292,16 @@ class InvDataModule(L.LightningDataModule):
             self.load_sources()
 
     def setup(self, stage: str | None = None) -> None:
-        if len(self._splits) == len(SPLITS):
+        if len(self._splits) == len(self.split_names):
             return
-        self.load_sources()  # a class-count mismatch fails before anything is rendered
-        for split in SPLITS:
+        self.load_sources()
+        for split in self.split_names:
             if split not in self._splits:
                 self._splits[split] = self._render(split)
 
     def split(self, name: str) -> SplitData:
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}")
+        if name not in self.split_names:
+            raise ValueError(f"unknown split {name!r}; choose one of {', '.join(self.split_names)}")
         self.setup()
         return self._splits[name]
 
@@ -169,7 +310,24 @@ class InvDataModule(L.LightningDataModule):
         each factor (same instances, offsets, backgrounds) -> uint8 [n, len(scales), 3, H, W]."""
         if not self.cfg.data.render:
             raise ConfigError("render_scales needs data.render=true (objects are re-rendered).")
-        views = [self._render(split, float(s), n).images for s in scales]
+        data = self.split(split)
+        assert data.scene is not None
+        scene = data.scene.head(len(data) if n is None else n)
+        pool = self.source.train if split == "train" else self.source_of(split).heldout
+        views = [
+            render_scene(
+                pool,
+                scene,
+                split=split,
+                seed=int(self.cfg.seed),
+                placement=self.placement(split),
+                canvas=int(data.images.shape[-1]),
+                object_px=self.object_px,
+                scale_factor=float(s),
+                cell_px=int(self.cfg.data.image_size) / TEXTURE_CELLS,
+            )
+            for s in scales
+        ]
         return torch.stack(views, 1)
 
     # -------------------------------------------------------------------------- loaders
@@ -202,24 +360,58 @@ class InvDataModule(L.LightningDataModule):
         return self.eval_dataloader("val")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self.eval_dataloader("typical"), self.eval_dataloader("atypical")]
+        return [self.eval_dataloader(s) for s in self.heldout_names]
 
     # ---------------------------------------------------------------------------- report
+    def split_info(self) -> dict[str, dict[str, Any]]:
+        """Per split with images: size, distinct instances, source, the factors it changes
+        against training, its placement, and the share of positions redrawn to stay in frame."""
+        self.setup()
+        d = self.cfg.data
+        info: dict[str, dict[str, Any]] = {}
+        for name in self.split_names:
+            s = self._splits[name]
+            if not len(s):
+                continue
+            heldout = name not in ("train", "val")
+            info[name] = {
+                "n_images": len(s),
+                "n_instances": self.instance_counts.get(name, len(s)) if name != "train" else None,
+                "source": self.source_name(name),
+                "changes": changed_factors(d, name) if heldout else [],
+                "placement": describe_placement(self.placement(name)) if d.render else "as-is",
+                "redrawn_to_stay_in_frame": (
+                    None if s.scene is None else float((s.scene.redrawn > 0).mean())
+                ),
+                "margin_px": s.margin,
+            }
+        return info
+
     def describe(self) -> str:
-        """One line per split: size, image shape, source and placement."""
+        """One line per split: size, image shape, source, instances, what changes, placement."""
         self.setup()
         d = self.cfg.data
         lines = []
-        for name in SPLITS:
+        for name in self.split_names:
             s = self._splits[name]
-            _, placement, _ = self._split_spec(name)
-            source = d.atypical_source if name == "atypical" and d.atypical_source else d.source
-            instances = "train" if name == "train" else "held-out"
-            how = _describe_placement(placement) if d.render else "as-is (resized)"
+            if not len(s):
+                continue
+            if name == "train":
+                role, changes = "train instances", "training distribution"
+            else:
+                distinct = self.instance_counts.get(name, len(s))
+                role = f"{distinct} held-out instances"
+                changed = changed_factors(d, name) if name != "val" else []
+                changes = "changes " + "+".join(changed) if changed else "training distribution"
+            how = describe_placement(self.placement(name)) if d.render else "as-is (resized)"
+            redrawn = ""
+            if s.scene is not None and s.scene.redrawn.any():
+                share = float((s.scene.redrawn > 0).mean())
+                redrawn = f"; {100 * share:.0f}% of positions redrawn to stay in frame"
             shape = "x".join(str(v) for v in s.images.shape[1:])
             lines.append(
-                f"{name:9s} {len(s):6d} x {shape} uint8, margin {s.margin}, "
-                f"{source} ({instances} instances), {how}"
+                f"{name:10s} {len(s):6d} x {shape}, {self.source_name(name)} ({role}), "
+                f"{changes}: {how}{redrawn}"
             )
         return "\n".join(lines)
 

@@ -5,59 +5,136 @@ canvas pixel samples its object through one ``grid_sample`` call on premultiplie
 result is composited over the background. Offsets are sub-pixel and measured from the canvas
 centre, which is also the centre of the model-input window of any margin-padded rendering.
 
-Random draws come in blocks of :data:`BLOCK` images from a generator keyed by (seed, split,
-block): image ``i`` of a split is a pure function of (seed, split, i), whatever the split size.
+Rendering a split has two steps: ``render_split`` draws its :class:`Scene` (instances, offsets,
+scales, and each object's box) and paints it; ``render_scene`` paints a drawn scene again with
+every scale multiplied by a factor (the scale views of the same images). Random draws come in
+blocks of :data:`BLOCK` images from generators keyed by (seed, split, block), one stream for
+placements and one for backgrounds: image ``i`` of a split is a pure function of
+(seed, split, i), whatever the split size or chunking.
+
+With a :class:`~train.data.placement.FrameRule`, a drawn position that would let the object
+leave the model window at an evaluated view is redrawn (from a generator keyed by the block and
+the round), so the split's distribution is the configured one restricted to in-frame placements.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from train.config import PlacementConfig
+from train.config import ConfigError, PlacementConfig
 from train.data.background import draw_background, paint_background
-from train.data.placement import Placement, sample_placement
+from train.data.placement import MAX_ROUNDS, FrameRule, Placement, sample_offsets, sample_placement
 from train.data.registry import ObjectPool, Objects
 
 __all__ = [
     "BLOCK",
-    "SPLIT_CODES",
+    "Scene",
     "composite",
     "draw_split_params",
+    "object_extents",
+    "render_scene",
     "render_split",
     "resize_split",
+    "split_code",
 ]
 
 BLOCK = 256
 WORK = 1024  # images rendered per tensor batch (bounds memory for large source images)
-SPLIT_CODES = {"train": 0, "val": 1, "typical": 2, "atypical": 3}
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
 
-def block_rng(seed: int, split: str, block: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 0xCA7, SPLIT_CODES[split], block])
+def split_code(split: str) -> int:
+    """A stable integer for a split name (keys its random streams)."""
+    return zlib.crc32(split.encode())
+
+
+def _rng(seed: int, stream: int, split: str, block: int, *more: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, split_code(split), block, *more])
 
 
 def draw_split_params(
-    placement: PlacementConfig, canvas: int, seed: int, split: str, start: int, stop: int
+    placement: PlacementConfig,
+    canvas: int,
+    seed: int,
+    split: str,
+    start: int,
+    stop: int,
+    cell_px: float = 6.4,
 ) -> tuple[Placement, dict[str, Tensor]]:
-    """Placement and background draws of images ``start..stop-1`` of a split."""
+    """Placement and background draws of images ``start..stop-1`` of a split (before any
+    frame rule)."""
     offsets, scales, bgs = [], [], []
     for block in range(start // BLOCK, (stop - 1) // BLOCK + 1):
-        rng = block_rng(seed, split, block)
-        p = sample_placement(placement, BLOCK, rng)
-        bg = draw_background(placement.background, BLOCK, canvas, rng)
+        p = sample_placement(placement, BLOCK, _rng(seed, 0xCA7, split, block))
+        bg = draw_background(
+            placement.background, BLOCK, canvas, _rng(seed, 0xB6, split, block), cell_px
+        )
         lo, hi = max(start - block * BLOCK, 0), min(stop - block * BLOCK, BLOCK)
         offsets.append(p.offset[lo:hi])
         scales.append(p.scale[lo:hi])
         bgs.append({k: v[lo:hi] for k, v in bg.items()})
     bg_params = {k: torch.cat([b[k] for b in bgs]) for k in bgs[0]}
     return Placement(np.concatenate(offsets), np.concatenate(scales)), bg_params
+
+
+def object_extents(objects: Objects, extent: np.ndarray) -> np.ndarray:
+    """[n, 4] px from each object's centre to the edges of its covered box (left, right, up,
+    down) when it is rendered ``extent`` px wide: from the alpha mask's nonzero rows and columns,
+    plus half a raster pixel that bilinear sampling spreads coverage by (objects without a mask
+    cover their whole square)."""
+    n = len(objects)
+    if objects.masks is None:
+        frac = np.tile(np.array([[0.5, 0.5, 0.5, 0.5]]), (n, 1))
+    else:
+        alpha = objects.masks[:, 0] > 0  # [n, h, w]
+        h, w = alpha.shape[-2:]
+        cols, rows = alpha.any(1), alpha.any(2)  # [n, w], [n, h]
+        frac = np.zeros((n, 4))
+        for k, (mask, size) in enumerate(((cols, w), (rows, h))):
+            idx = torch.arange(size)
+            has = mask.any(1)
+            first = torch.where(mask, idx, size).amin(1).float()
+            last = torch.where(mask, idx, -1).amax(1).float()
+            lo = (0.5 - (first - 0.5) / size).numpy()
+            hi = ((last + 1.5) / size - 0.5).numpy()
+            frac[:, 2 * k] = np.where(has.numpy(), lo, 0.0)
+            frac[:, 2 * k + 1] = np.where(has.numpy(), hi, 0.0)
+    return frac * np.asarray(extent, dtype=np.float64)[:, None]
+
+
+@dataclass
+class Scene:
+    """What a split's images show, drawn once: per image its pool ``positions`` (-> instances),
+    ``offset`` [n, 2] (x, y) and ``scale`` [n] (after the frame rule), object ``extents``
+    [n, 4] at the drawn scale (px left, right, up, down of the centre), and ``redrawn`` [n], how
+    many draws the frame rule rejected (-1: none was in frame)."""
+
+    positions: np.ndarray
+    offset: np.ndarray
+    scale: np.ndarray
+    extents: np.ndarray
+    redrawn: np.ndarray
+
+    def head(self, n: int) -> Scene:
+        """The scene of the first ``n`` images."""
+        return Scene(
+            *(a[:n] for a in (self.positions, self.offset, self.scale, self.extents, self.redrawn))
+        )
+
+    def boxes(self) -> np.ndarray:
+        """[n, 4] object boxes (x0, x1, y0, y1) in px from the model window's centre."""
+        e, o = self.extents, self.offset
+        return np.stack(
+            [o[:, 0] - e[:, 0], o[:, 0] + e[:, 1], o[:, 1] - e[:, 2], o[:, 1] + e[:, 3]], 1
+        )
 
 
 def _rgba(objects: Objects) -> Tensor:
@@ -76,15 +153,19 @@ def composite(
     object_px: float,
     raster: int | None = None,
     return_alpha: bool = False,
+    classic: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Render objects onto ``canvas``-px backgrounds -> uint8 [n, 3, canvas, canvas].
 
     An object of scale ``s`` covers a square of ``object_px * s`` pixels centred at
     ``canvas / 2 + offset``. Larger object rasters are first shrunk to ``raster`` px (default:
     the largest extent in the batch; give the distribution's bound to make an image independent
-    of its batch). With ``return_alpha`` also returns the float coverage [n, 1, C, C].
+    of its batch). ``classic``: white objects (their alpha) on black. With ``return_alpha`` also
+    returns the float coverage [n, 1, C, C].
     """
     rgba = _rgba(objects)
+    if classic:
+        rgba = torch.cat([rgba[:, 3:].expand(-1, 3, -1, -1), rgba[:, 3:]], 1)
     device = rgba.device
     extent = torch.as_tensor(placement.scale, dtype=torch.float32, device=device) * object_px
     work = raster or max(math.ceil(float(extent.max())), 2)
@@ -105,10 +186,43 @@ def composite(
     coverage = rgba[:, 3:].sum((2, 3)).clamp_min(1e-6)
     luma = (rgba[:, :3] * _LUMA.to(rgba)[:, None, None]).sum(1, keepdim=True).sum((2, 3))
     bg_params = {k: v.to(device) for k, v in bg_params.items()}
-    bg = paint_background(bg_params, luma[:, 0] / coverage[:, 0], canvas)
+    bg = paint_background(bg_params, luma[:, 0] / coverage[:, 0], canvas, classic=classic)
     out = bg * (1 - alpha) + rgb
     images = (out * 255).round_().clamp_(0, 255).to(torch.uint8)
     return (images, alpha) if return_alpha else images
+
+
+def _keep_in_frame(
+    scene_offset: np.ndarray,
+    extents: np.ndarray,
+    frame: FrameRule,
+    placement: PlacementConfig,
+    seed: int,
+    split: str,
+    start: int,
+) -> np.ndarray:
+    """Redraw the positions of images ``start + i`` whose object would leave the frame; returns
+    the number of rejected draws per image. Round ``r`` of block ``b`` draws a whole block from
+    its own generator, so an image's result does not depend on the chunk it is rendered in."""
+    redrawn = np.zeros(len(scene_offset), dtype=np.int64)
+    bad = ~frame.inside(scene_offset, extents)
+    for rnd in range(1, MAX_ROUNDS + 1):
+        if not bad.any():
+            break
+        redrawn += bad
+        idx = np.flatnonzero(bad)
+        blocks = (start + idx) // BLOCK
+        for block in np.unique(blocks):
+            draws = sample_offsets(placement, BLOCK, _rng(seed, 0xF4A, split, int(block), rnd))
+            sel = idx[blocks == block]
+            scene_offset[sel] = draws[(start + sel) % BLOCK]
+        bad[idx] = ~frame.inside(scene_offset[idx], extents[idx])
+    redrawn[bad] = -1  # could not be placed
+    return redrawn
+
+
+def _take(pool: ObjectPool, positions: np.ndarray, seed: int, raster: int) -> Objects:
+    return pool.take(pool.instances(positions, seed), raster)
 
 
 def render_split(
@@ -121,22 +235,103 @@ def render_split(
     canvas: int,
     object_px: float,
     positions: np.ndarray | None = None,
-    scale_factor: float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Render ``n`` images of a split -> (uint8 images [n, 3, C, C], labels, pool indices).
+    frame: FrameRule | None = None,
+    cell_px: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Scene]:
+    """Render ``n`` images of a split -> (uint8 images [n, 3, C, C], labels, source indices,
+    scene).
 
     ``positions`` are the draw positions in the pool (default ``0..n-1``); the pool maps them to
-    instances. ``scale_factor`` multiplies every drawn scale (same instances, offsets and
-    backgrounds otherwise: views of one image at nearby scales).
+    instances. ``frame``: keep every object inside the model window at every evaluated view
+    (redraw positions that do not); a position that cannot be found raises ``ConfigError``.
     """
-    raster = max(math.ceil(object_px * float(placement.scale[1]) * scale_factor), 2)
+    positions = np.arange(n) if positions is None else np.asarray(positions)
+    cell = cell_px if cell_px is not None else canvas / 5
+    raster = max(math.ceil(object_px * float(placement.scale[1])), 2)
+    classic = placement.appearance == "classic"
+    offsets, scales, extents, redrawn = [], [], [], []
 
     def render(objects: Objects, start: int, stop: int) -> Tensor:
-        place, bg = draw_split_params(placement, canvas, seed, split, start, stop)
-        place.scale = place.scale * scale_factor
-        return composite(objects, place, bg, canvas, object_px, raster)
+        place, bg = draw_split_params(placement, canvas, seed, split, start, stop, cell)
+        ext = object_extents(objects, place.scale * object_px)
+        count = np.zeros(stop - start, dtype=np.int64)
+        if frame is not None:
+            count = _keep_in_frame(place.offset, ext, frame, placement, seed, split, start)
+        offsets.append(place.offset)
+        scales.append(place.scale)
+        extents.append(ext)
+        redrawn.append(count)
+        return composite(objects, place, bg, canvas, object_px, raster, classic=classic)
 
-    return _in_chunks(pool, n, seed, positions, raster, canvas, render)
+    images, labels, indices = _in_chunks(pool, positions, seed, raster, canvas, render)
+    if not offsets:  # no images
+        offsets, scales = [np.zeros((0, 2))], [np.zeros(0)]
+        extents, redrawn = [np.zeros((0, 4))], [np.zeros(0, dtype=np.int64)]
+    scene = Scene(
+        positions,
+        np.concatenate(offsets),
+        np.concatenate(scales),
+        np.concatenate(extents),
+        np.concatenate(redrawn),
+    )
+    failed = int((scene.redrawn < 0).sum())
+    if failed:
+        assert frame is not None
+        raise _frame_error(split, failed, n, placement, frame, object_px, scene)
+    return images, labels, indices, scene
+
+
+def _frame_error(
+    split: str,
+    failed: int,
+    n: int,
+    placement: PlacementConfig,
+    frame: FrameRule,
+    object_px: float,
+    scene: Scene,
+) -> ConfigError:
+    where = {
+        "gaussian": f"gaussian sigma_px={placement.sigma_px:g} up to {placement.max_offset_px:g}",
+        "uniform": f"uniform max_offset_px={placement.max_offset_px:g}",
+        "ring": f"ring radius_px={list(placement.radius_px)}",
+        "center": "centre",
+    }[placement.position]
+    bad = scene.redrawn < 0
+    widest = float(scene.extents[bad].max()) if bad.any() else 0.0
+    return ConfigError(
+        f"Split '{split}': {failed} of {n} objects cannot be placed wholly inside the "
+        f"{frame.window}-px model window at every evaluated view ({where}; objects reach "
+        f"{widest:.1f} px from their centre; shifts up to {frame.shift:g} px "
+        f"(data.eval_margin_px); scales up to {frame.scale:g} (data.frame_scale)). Lower the "
+        f"split's radius_px / max_offset_px or scale, data.object_size, data.eval_margin_px or "
+        f"data.frame_scale, or allow cut objects with data.keep_in_frame=false."
+    )
+
+
+def render_scene(
+    pool: ObjectPool,
+    scene: Scene,
+    *,
+    split: str,
+    seed: int,
+    placement: PlacementConfig,
+    canvas: int,
+    object_px: float,
+    scale_factor: float,
+    cell_px: float | None = None,
+) -> Tensor:
+    """The images of a drawn scene with every scale multiplied by ``scale_factor`` (same
+    instances, offsets and backgrounds) -> uint8 [n, 3, C, C]."""
+    cell = cell_px if cell_px is not None else canvas / 5
+    raster = max(math.ceil(object_px * float(placement.scale[1]) * scale_factor), 2)
+    classic = placement.appearance == "classic"
+
+    def render(objects: Objects, start: int, stop: int) -> Tensor:
+        _, bg = draw_split_params(placement, canvas, seed, split, start, stop, cell)
+        place = Placement(scene.offset[start:stop], scene.scale[start:stop] * scale_factor)
+        return composite(objects, place, bg, canvas, object_px, raster, classic=classic)
+
+    return _in_chunks(pool, scene.positions, seed, raster, canvas, render)[0]
 
 
 def resize_split(
@@ -150,28 +345,28 @@ def resize_split(
             rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True)
         return (rgb * 255).round_().clamp_(0, 255).to(torch.uint8)
 
-    return _in_chunks(pool, n, seed, positions, size, size, resize)
+    positions = np.arange(n) if positions is None else np.asarray(positions)
+    return _in_chunks(pool, positions, seed, size, size, resize)
 
 
 def _in_chunks(
     pool: ObjectPool,
-    n: int,
+    positions: np.ndarray,
     seed: int,
-    positions: np.ndarray | None,
     raster: int,
     size: int,
     make: Callable[[Objects, int, int], Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fill ``n`` uint8 images of ``size`` px, ``WORK`` at a time (bounded memory): ``make``
-    turns the pool's objects (rastered at ``raster`` px) at positions [start, stop) into images.
-    Returns (images, labels, pool indices)."""
-    positions = np.arange(n) if positions is None else np.asarray(positions)
+    """Fill one uint8 image of ``size`` px per draw position, ``WORK`` at a time (bounded
+    memory): ``make`` turns the pool's objects (rastered at ``raster`` px) of images
+    [start, stop) into images. Returns (images, labels, source indices)."""
+    n = len(positions)
     images = torch.empty(n, 3, size, size, dtype=torch.uint8)
     labels = torch.empty(n, dtype=torch.long)
     indices = torch.empty(n, dtype=torch.long)
     for start in range(0, n, WORK):
         stop = min(start + WORK, n)
-        objects = pool.take(pool.instances(positions[start:stop], seed), raster)
+        objects = _take(pool, positions[start:stop], seed, raster)
         images[start:stop] = make(objects, start, stop)
         labels[start:stop] = objects.labels
         indices[start:stop] = objects.indices

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from train.data.datamodule import SPLITS, InvDataModule
+from train.data.datamodule import InvDataModule
 
 
 def save_split_grid(dm: InvDataModule, path: str | Path, n: int = 10) -> Path:
@@ -20,7 +20,7 @@ def save_split_grid(dm: InvDataModule, path: str | Path, n: int = 10) -> Path:
     from matplotlib.figure import Figure
 
     dm.setup()
-    splits = [s for s in SPLITS if len(dm.split(s).labels) > 0]
+    splits = [s for s in dm.split_names if len(dm.split(s).labels) > 0]
     size = max(dm.split(s).images.shape[-1] for s in splits)
     fig = Figure(figsize=(1.0 * n + 1.2, 1.15 * len(splits) + 0.4), dpi=100)
     FigureCanvasAgg(fig)

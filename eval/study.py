@@ -1,0 +1,382 @@
+"""``invlab report``: finished runs grouped by everything but the seed, with across-seed intervals.
+
+Runs whose configs differ only by ``seed`` (and keys that do not change the model: names,
+output paths, logging) form a group. For every group, held-out split, transform and metric the
+report gives the mean over seeds of the runs' means, a t-interval across seeds (the seeds are
+the replicates: this is the uncertainty a study reports, not one run's bootstrap), the number of
+seeds, and the same for the gap to ``typical``. It writes ``report.csv`` (every number),
+``report.md`` (the headline table) and the plots: each metric against the swept variable, one
+line per split with an interval band, and, when typicality by distance was evaluated, the metric
+against typicality decile, one line per value of the swept variable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.report import cell, render_rows
+from eval.runner import SCALAR_METRICS, TRANSFORMS
+from train.config import ConfigError
+
+# Keys that never make two runs different experiments.
+IGNORED = ("name", "out_dir", "seed", "logger", "model.init_from")
+IGNORED_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
+METRICS = ("accuracy", *SCALAR_METRICS)
+# (column title, transform, metric, from the gap block): the Markdown table's columns.
+HEADLINE = (
+    ("accuracy", "translate", "accuracy", False),
+    ("P(chg) translate", "translate", "p_change", False),
+    ("consistency", "translate", "consistency", False),
+    ("P(chg) scale", "scale", "p_change", False),
+    ("gap P(chg) translate", "translate", "p_change", True),
+    ("P(chg) if correct", "translate", "given_correct/p_change", False),
+)
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str
+    seed: int
+    config: dict[str, Any]  # flattened, dotted keys
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Group:
+    key: dict[str, Any]  # the varied keys' values
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={_show(v)}" for k, v in self.key.items()) or "all runs"
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.seed for r in self.runs)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{full}."))
+        else:
+            out[full] = value
+    return out
+
+
+def _ignored(key: str) -> bool:
+    if any(key == k or key.startswith(f"{k}.") for k in IGNORED):
+        return True
+    return key.startswith("trainer.") and key.split(".", 1)[1] in IGNORED_TRAINER
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories (holding ``metrics.json``) given directly or found below the paths."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "metrics.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.rglob("metrics.json")))
+        else:
+            raise ConfigError(
+                f"'{path}' is neither a run directory nor a folder of runs. Give run "
+                f"directories written by `invlab fit` or a sweep's out_dir."
+            )
+    if not found:
+        raise ConfigError(
+            f"No finished runs (metrics.json) under {', '.join(map(str, paths))}: a run writes "
+            f"metrics.json when its training and evaluation finished."
+        )
+    return list(dict.fromkeys(found))
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    runs = []
+    for path in find_runs(paths):
+        metrics = json.loads((path / "metrics.json").read_text())
+        config = metrics.get("config") or {}
+        runs.append(
+            Run(
+                path,
+                metrics.get("name", path.name),
+                int(config.get("seed", 0)),
+                flatten(config),
+                metrics,
+            )
+        )
+    return runs
+
+
+def varied_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys (other than the seed and bookkeeping) whose values differ between runs."""
+    keys = sorted({k for r in runs for k in r.config if not _ignored(k)})
+    return [k for k in keys if len({_show(r.config.get(k)) for r in runs}) > 1]
+
+
+def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
+    """Runs that differ only by seed form a group; returns the groups and the varied keys."""
+    keys = varied_keys(runs)
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = {k: run.config.get(k) for k in keys}
+        groups.setdefault(json.dumps(key, sort_keys=True, default=str), Group(key)).runs.append(run)
+    for group in groups.values():
+        seeds = [r.seed for r in group.runs]
+        if len(seeds) != len(set(seeds)):
+            names = ", ".join(r.name for r in group.runs)
+            raise ConfigError(
+                f"Runs {names} have the same config and the same seed: a group needs one run "
+                f"per seed. Remove the duplicate run directories."
+            )
+    return list(groups.values()), keys
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean and Student-t interval over replicates (seeds); no width for a single value."""
+    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    n = len(xs)
+    if n == 0:
+        return {"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}
+    mean = sum(xs) / n
+    if n == 1:
+        return {"mean": mean, "ci": [mean, mean], "n": 1}
+    from scipy.stats import t  # scipy comes with scikit-learn
+
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
+    return {"mean": mean, "ci": [mean - half, mean + half], "n": n}
+
+
+def _value(run: Run, split: str, transform: str, metric: str, gap: bool) -> float | None:
+    block = run.metrics.get("invariance", {}).get("splits", {}).get(split, {}).get(transform)
+    if not block:
+        return None
+    if gap:
+        block = block.get("gap_to_typical") or {}
+    for part in metric.split("/"):
+        block = block.get(part) if isinstance(block, dict) else None
+    return block["mean"] if isinstance(block, dict) and "mean" in block else None
+
+
+def splits_of(runs: Sequence[Run]) -> list[str]:
+    names: dict[str, None] = {}
+    for run in runs:
+        names.update(dict.fromkeys(run.metrics.get("invariance", {}).get("splits", {})))
+    return list(names)
+
+
+def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, Any]]:
+    """One row per group, split, transform and metric (conditional metrics as
+    ``given_correct/<metric>``): across-seed mean, interval, seeds, and the gap to typical."""
+    rows = []
+    splits = splits_of([r for g in groups for r in g.runs])
+    metrics = [*METRICS, *(f"given_correct/{m}" for m in SCALAR_METRICS)]
+    for group in groups:
+        for split in splits:
+            for tr in TRANSFORMS:
+                for metric in metrics:
+                    values = [_value(r, split, tr, metric, False) for r in group.runs]
+                    if all(v is None for v in values):
+                        continue
+                    stat = t_interval([v for v in values if v is not None], level)
+                    gaps = [_value(r, split, tr, metric, True) for r in group.runs]
+                    gap = t_interval([g for g in gaps if g is not None], level)
+                    rows.append(
+                        {
+                            "group": group.label,
+                            **{k: _show(v) for k, v in group.key.items()},
+                            "split": split,
+                            "transform": tr,
+                            "metric": metric,
+                            "mean": stat["mean"],
+                            "lo": stat["ci"][0],
+                            "hi": stat["ci"][1],
+                            "n_seeds": stat["n"],
+                            "gap_mean": gap["mean"] if gap["n"] else None,
+                            "gap_lo": gap["ci"][0] if gap["n"] else None,
+                            "gap_hi": gap["ci"][1] if gap["n"] else None,
+                        }
+                    )
+    return rows
+
+
+def _lookup(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    return {(r["group"], r["split"], r["transform"], r["metric"]): r for r in rows}
+
+
+def markdown_table(groups: Sequence[Group], rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """Per group and split: seeds, then the headline metrics as ``mean [lo, hi]`` across seeds."""
+    index = _lookup(rows)
+    header = [*keys, "seeds", "split", *(c[0] for c in HEADLINE)]
+    body = []
+    for group in groups:
+        for split in splits_of(group.runs):
+            cells = []
+            for _, tr, metric, gap in HEADLINE:
+                row = index.get((group.label, split, tr, metric))
+                p = "gap_" if gap else ""
+                if row is None or row[f"{p}mean"] is None:
+                    cells.append("-")
+                    continue
+                stat = {"mean": row[f"{p}mean"], "ci": [row[f"{p}lo"], row[f"{p}hi"]]}
+                cells.append(cell(stat, signed=gap))
+            seeds = ",".join(map(str, group.seeds))
+            body.append([*(_show(group.key[k]) for k in keys), seeds, split, *cells])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in body)])
+
+
+def text_table(groups: Sequence[Group], rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """The Markdown table's content as aligned plain text (for the terminal)."""
+    md = markdown_table(groups, rows, keys).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md]
+    return "\n".join(render_rows(cells[0], cells[2:]))
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
+    return path
+
+
+def _numeric(values: list[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def plot_by(
+    groups: Sequence[Group], rows: list[dict[str, Any]], by: str, keys: list[str], path: Path
+) -> Path:
+    """Each headline metric against ``by``: one line per split with its across-seed band; one
+    row of panels per combination of the other varied keys."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    index = _lookup(rows)
+    others = [k for k in keys if k != by]
+    facets: dict[str, list[Group]] = {}
+    for g in groups:
+        label = ", ".join(f"{k}={_show(g.key[k])}" for k in others) or ""
+        facets.setdefault(label, []).append(g)
+    panels = [(t, tr, m) for t, tr, m, gap in HEADLINE if not gap and "/" not in m]
+    splits = splits_of([r for g in groups for r in g.runs])
+    fig = Figure(figsize=(3.6 * len(panels), 2.9 * len(facets) + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(facets), len(panels), squeeze=False)
+    for row_axes, (facet, members) in zip(axes, facets.items(), strict=True):
+        xs_raw = [g.key.get(by) for g in members]
+        numeric = _numeric(xs_raw)
+        order = sorted(range(len(members)), key=lambda i: xs_raw[i] if numeric else i)
+        xs = [xs_raw[i] if numeric else i for i in order]
+        for ax, (title, tr, metric) in zip(row_axes, panels, strict=True):
+            for split in splits:
+                stats = [index.get((members[i].label, split, tr, metric)) for i in order]
+                if all(s is None for s in stats):
+                    continue
+                nan = math.nan
+                mean = [s["mean"] if s else nan for s in stats]
+                ax.plot(xs, mean, marker="o", label=split, linewidth=1.2, markersize=3)
+                ax.fill_between(
+                    xs,
+                    [s["lo"] if s else nan for s in stats],
+                    [s["hi"] if s else nan for s in stats],
+                    alpha=0.15,
+                )
+            if not numeric:
+                ax.set_xticks(xs, [_show(xs_raw[i]) for i in order], rotation=20, fontsize=7)
+            ax.set_title(f"{title}" + (f"\n{facet}" if facet else ""), fontsize=8)
+            ax.set_xlabel(by, fontsize=8)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None:
+    """Accuracy and P(top-1 change) against typicality decile (distance to the training set),
+    one line per value of ``by`` (mean over seeds); None when no run scored typicality."""
+    curves = {}
+    for g in groups:
+        per_seed = [
+            r.metrics.get("invariance", {}).get("typicality", {}).get("curve") for r in g.runs
+        ]
+        per_seed = [c for c in per_seed if c]
+        if per_seed:
+            curves[_show(g.key.get(by))] = per_seed
+    if not curves:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (title, pick) in enumerate(
+        (
+            ("accuracy", lambda c: c["accuracy"]),
+            ("P(top-1 change), translate", lambda c: c["translate"]["p_change"]),
+        )
+    ):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for label, per_seed in curves.items():
+            series = [pick(c) for c in per_seed]
+            n = min(len(s) for s in series)
+            mean = [sum(s[j] for s in series) / len(series) for j in range(n)]
+            ax.plot(range(1, n + 1), mean, marker="o", markersize=3, label=f"{by}={label}")
+        ax.set_xlabel("typicality decile (1 = nearest the training set)", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_report(
+    paths: Sequence[str | Path], out: str | Path, by: Sequence[str] = (), level: float = 0.95
+) -> dict[str, Any]:
+    """Read the runs, group them, write ``report.csv``, ``report.md`` and the plots to ``out``.
+    Returns ``{"groups", "keys", "rows", "files"}``."""
+    runs = load_runs(paths)
+    groups, keys = group_runs(runs)
+    unknown = [k for k in by if k not in keys]
+    if unknown:
+        hint = f" Varied keys: {', '.join(keys)}." if keys else " No config key varies."
+        raise ConfigError(
+            f"--by {', '.join(unknown)}: not a key that varies between the runs.{hint}"
+        )
+    rows = summarise(groups, level)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [write_csv(rows, out / "report.csv")]
+    table = markdown_table(groups, rows, keys)
+    (out / "report.md").write_text(
+        f"# {len(runs)} runs in {len(groups)} groups (mean [{100 * level:.0f}% t-interval across "
+        f"seeds])\n\n{table}\n"
+    )
+    files.append(out / "report.md")
+    for key in list(by) or keys[:1]:
+        files.append(plot_by(groups, rows, key, keys, out / f"by_{key.replace('.', '_')}.png"))
+        typ = plot_typicality(groups, key, out / f"typicality_by_{key.replace('.', '_')}.png")
+        if typ is not None:
+            files.append(typ)
+    return {"groups": groups, "keys": keys, "rows": rows, "files": files, "table": table}
