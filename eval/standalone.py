@@ -9,6 +9,7 @@ import torch
 
 from eval.report import write_json
 from eval.runner import evaluate
+from models.checkpoint import lightning_state, require_file
 from train.config import ConfigError
 from train.provenance import collect_provenance
 
@@ -18,22 +19,6 @@ def default_device() -> torch.device:
     if torch.accelerator.is_available():
         return torch.accelerator.current_accelerator()
     return torch.device("cpu")
-
-
-def _lightning_state(checkpoint: Path) -> tuple[dict[str, Any], int | None] | None:
-    """``(state_dict, num_classes)`` if ``checkpoint`` is one of our Lightning checkpoints."""
-    if checkpoint.suffix == ".safetensors":
-        return None
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception:  # not a torch pickle (or not weights-only): leave it to load_weights
-        return None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not state or not all(k.startswith("net.") for k in state):
-        return None
-    hparams = ckpt.get("hyper_parameters") or {}
-    num_classes = hparams.get("num_classes") if isinstance(hparams, dict) else None
-    return state, num_classes
 
 
 def evaluate_checkpoint(
@@ -55,12 +40,10 @@ def evaluate_checkpoint(
     from train.data import build_datamodule
     from train.module import Classifier
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"Checkpoint '{path}' does not exist.")
+    path = require_file(checkpoint)
+    loaded = lightning_state(path)  # read (and any problem reported) before the data is built
     dm = build_datamodule(cfg)
     dm.setup()
-    loaded = _lightning_state(path)
     if loaded is not None:
         state, num_classes = loaded
         if num_classes is not None and int(num_classes) != dm.num_classes:

@@ -1,69 +1,58 @@
-"""Load weights from our Lightning checkpoints, plain torch state dicts or safetensors; export
-plain safetensors (no key prefix, loadable by timm's ``load_checkpoint``)."""
+"""Load weights (read by :mod:`models.checkpoint`) into a model; export plain safetensors (no key
+prefix, loadable by timm's ``load_checkpoint``)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from train.config import ConfigError
 
+from .checkpoint import read_state_dict, strip_prefixes
+
 log = logging.getLogger(__name__)
 
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_NESTED_KEYS = ("state_dict", "model", "model_state_dict")
 _SHOWN = 5
 
 
 @dataclass
 class LoadResult:
-    """What :func:`load_weights` did not load (all empty for a strict load)."""
+    """What :func:`load_weights` did not load (all empty for a strict load), and what it did."""
 
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # present in both, shapes differ (head)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    skipped: list[str] = field(default_factory=list)  # present in both, shapes differ
+    matched: list[str] = field(default_factory=list, compare=False)  # loaded
+    head: str | None = field(default=None, compare=False)  # classifier module path
 
+    @property
+    def head_reinitialised(self) -> bool:
+        """True when the classifier head kept its fresh initialisation (shapes differed)."""
+        return bool(self.head) and any(k.startswith(f"{self.head}.") for k in self.skipped)
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a weights file with wrapper prefixes removed (``net.`` of our Lightning
-    checkpoints, ``module.`` of DDP, ``_orig_mod.`` of torch.compile)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"Weights file '{path}' not found. Give a local .ckpt, .pt/.pth or .safetensors "
-            "file (weights are never downloaded)."
+    def as_dict(self) -> dict[str, Any]:
+        """The loading report (``load_report.json``)."""
+        return {
+            "matched": len(self.matched),
+            "missing": self.missing,
+            "unexpected": self.unexpected,
+            "shape_mismatch": self.skipped,
+            "head": self.head,
+            "head_reinitialised": self.head_reinitialised,
+        }
+
+    def summary(self) -> str:
+        """One line: counts, and whether the head was re-initialised."""
+        head = "head re-initialised" if self.head_reinitialised else "head loaded"
+        return (
+            f"{len(self.matched)} tensors loaded, {head}, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.skipped)} shape mismatches"
         )
-    if path.suffix == ".safetensors":
-        state = load_file(str(path), device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors come in many types
-            raise ConfigError(f"Could not read weights file '{path}': {err}") from None
-        for key in _NESTED_KEYS:
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"'{path}' does not hold a state dict (a mapping of names to tensors).")
-    if any(k.startswith("net.") for k in state):  # a checkpoint of train.module.Classifier
-        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    return {_strip(k): v for k, v in state.items()}
-
-
-def _strip(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key.removeprefix(prefix), True
-    return key
 
 
 def _listing(keys: list[str]) -> str:
@@ -84,10 +73,10 @@ def load_weights(
 ) -> LoadResult:
     """Load ``path`` into ``model``.
 
-    ``strict``: the file and the model have the same keys (``False``: missing and unexpected
-    keys are allowed and reported). Shapes must always match, except with
-    ``allow_head_mismatch``: classifier-head tensors (the last ``nn.Linear``) of another shape
-    (another number of classes) are skipped and reported. Raises ``ConfigError`` naming a few
+    ``strict``: the file and the model have the same keys and shapes (``False``: missing and
+    unexpected keys and tensors of another shape are skipped and reported). With
+    ``allow_head_mismatch`` classifier-head tensors (the last ``nn.Linear``) of another shape
+    (another number of classes) are skipped even when strict. Raises ``ConfigError`` naming a few
     offending keys.
     """
     state = read_state_dict(path)
@@ -95,11 +84,11 @@ def load_weights(
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    head = head_prefix(model) + "." if allow_head_mismatch else None
-    skipped = [k for k in mismatched if head and k.startswith(head)]
-    bad_shapes = [k for k in mismatched if k not in skipped]
+    head = _head_or_none(model)
+    skippable = head + "." if allow_head_mismatch and head else None
+    bad_shapes = [k for k in mismatched if not (skippable and k.startswith(skippable))]
     problems = []
-    if bad_shapes:
+    if strict and bad_shapes:
         shown = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in bad_shapes]
         problems.append(f"shape mismatches (file vs model): {_listing(shown)}")
     if strict and missing:
@@ -109,23 +98,31 @@ def load_weights(
     if problems:
         raise ConfigError(
             f"Weights in '{path}' do not fit {type(model).__name__}: {'; '.join(problems)}. "
-            "Check model.name and its architecture options (widths, small_input, ...)."
+            "Check model.name and its architecture options (widths, small_input, ...); to "
+            "initialise from what fits and keep the rest fresh, set model.init_strict=false."
         )
-    for k in skipped:
+    for k in mismatched:
+        del state[k]
+    for k in unexpected:
         del state[k]
     model.load_state_dict(state, strict=False)
-    result = LoadResult(missing=missing, unexpected=unexpected, skipped=skipped)
-    if skipped:
-        log.info("Loaded %s without the classifier head (%s): shapes differ.", path, skipped)
+    matched = sorted(state)
+    result = LoadResult(missing, unexpected, mismatched, matched, head)
+    if mismatched:
+        log.info("Loaded %s without %s: shapes differ.", path, mismatched)
     return result
+
+
+def _head_or_none(model: nn.Module) -> str | None:
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
 
 
 def export_weights(model: nn.Module, path: str | Path) -> Path:
     """Write the model's state dict as plain safetensors (keys without any prefix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        _strip(k): v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
-    }
+    own = model.state_dict()
+    state = {strip_prefixes(k): v.detach().cpu().contiguous().clone() for k, v in own.items()}
     save_file(state, str(path))
     return path

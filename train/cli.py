@@ -85,26 +85,15 @@ def cmd_config(ns: argparse.Namespace) -> int:
 
 def read_checkpoint_config(path: Path) -> dict[str, Any] | None:
     """The plain config stored in one of our checkpoints, or None for a bare weights file."""
-    if path.suffix == ".safetensors":
-        return None
-    import torch
+    from models.checkpoint import read_config
 
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(f"Could not read checkpoint {path}: {err}") from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    return hparams.get("config") if isinstance(hparams, dict) else None
+    return read_config(path)
 
 
 def _existing_checkpoint(path: str) -> Path:
-    ckpt = Path(path)
-    if not ckpt.is_file():
-        raise ConfigError(
-            f"Checkpoint '{ckpt}' not found. Give a .ckpt written by `invlab fit` "
-            f"(runs/<name>/checkpoints/last.ckpt) or a weights file with model.name=..."
-        )
-    return ckpt
+    from models.checkpoint import require_file
+
+    return require_file(path)
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:

@@ -142,6 +142,12 @@ class ModelConfig:
     small_input: bool = True  # timm/tv: 3x3 stride-1 stem, no stem max-pool
     pretrained: Optional[str] = None  # a local weights file (never downloaded)
     init_from: Optional[str] = None  # a checkpoint whose weights initialise the model
+    # init_from: false allows missing/unexpected keys and shape mismatches beyond the classifier
+    # head (all listed in the run's load_report.json).
+    init_strict: bool = True
+    # Parameter-name glob patterns (e.g. "stages.0.*") kept frozen: no gradient, and their
+    # BatchNorm layers stay in eval mode (running statistics unchanged).
+    freeze: list[str] = field(default_factory=list)
     channels_last: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm/torchvision
     antialias: AntialiasConfig = field(default_factory=AntialiasConfig)
@@ -184,6 +190,9 @@ class OptimConfig:
     warmup_epochs: float = 0.0
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions
     gamma: float = 0.1
+    # Parameter-name glob pattern -> learning-rate multiplier (first matching pattern wins),
+    # e.g. {"fc.*": 10.0}; one optimizer param group per multiplier.
+    lr_mult: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------- eval
@@ -328,6 +337,8 @@ MANAGED_TRAINER_KEYS = {
     "default_root_dir": "use `out_dir` and `name`",
 }
 
+MIN_IMAGE_SIZE = 8
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -433,10 +444,16 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
             f"Override '{bad[0]}' is not of the form key=value (e.g. data.n_train=2000 or "
             f"'model.widths=[16,32]')."
         )
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"Could not parse overrides {overrides}: {err}") from None
+    for override in overrides:
+        try:
+            OmegaConf.from_dotlist([override])
+        except Exception as err:  # omegaconf and the YAML parser raise their own types
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ConfigError(
+                f"Could not parse override '{override}' ({first}). Write lists as '[a,b]' and "
+                f"quote the whole argument in the shell (e.g. 'model.widths=[16,32]')."
+            ) from None
+    return OmegaConf.from_dotlist(list(overrides))
 
 
 def _check_choices(cfg: DictConfig) -> None:
@@ -481,14 +498,27 @@ def _check_ranges(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}.")
+    if d.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(
+            f"'data.image_size' is {d.image_size} px: objects of a few pixels cannot be told "
+            f"apart and the model trains at chance level. Use data.image_size >= "
+            f"{MIN_IMAGE_SIZE} (the studies use 32)."
+        )
     for key in ("n_val", "eval_margin_px", "num_workers"):
         if d[key] < 0:
             raise ConfigError(f"'data.{key}' must be >= 0, got {d[key]}.")
     _check_placement(d.placement, "data.placement")
+    _check_on_canvas(d, d.placement, "data.placement", margin=0)
     for split, spec in d.heldout.items():
         if spec.n < 0:
             raise ConfigError(f"'data.heldout.{split}.n' must be >= 0, got {spec.n}.")
         _check_placement(spec, f"data.heldout.{split}")
+        _check_on_canvas(d, heldout_placement(d, split), f"data.heldout.{split}", d.eval_margin_px)
+    for pattern, mult in cfg.optim.lr_mult.items():
+        if not mult >= 0:
+            raise ConfigError(
+                f"'optim.lr_mult.{pattern}' must be >= 0 (0 freezes in effect), got {mult}."
+            )
     changed = changed_factors(d, "typical") if "typical" in d.heldout else []
     if changed:
         raise ConfigError(
@@ -529,6 +559,21 @@ def _check_placement(p: Any, where: str) -> None:
     for key in ("sigma_px", "max_offset_px"):
         if p[key] is not None and p[key] < 0:
             raise ConfigError(f"'{where}.{key}' must be >= 0, got {p[key]}.")
+
+
+def _check_on_canvas(d: Any, p: Any, where: str, margin: int) -> None:
+    """A ring whose inner radius puts every object wholly outside the rendered canvas."""
+    if d.render is False or p.position != "ring" or p.radius_px is None:
+        return
+    half_canvas = d.image_size / 2 + margin
+    reach = d.object_size * d.image_size * max(p.scale) / 2  # object half-extent at its largest
+    if p.radius_px[0] - reach >= half_canvas:
+        raise ConfigError(
+            f"'{where}.radius_px' starts at {p.radius_px[0]:g} px from the centre, but objects "
+            f"reach only {reach:g} px from their centre and the canvas ends {half_canvas:g} px "
+            f"from it: every image would be empty background. Use radius_px below "
+            f"{half_canvas + reach:g} (e.g. [3.5, 5.0]) or a larger data.image_size."
+        )
 
 
 def heldout_placement(data: DataConfig, split: str) -> PlacementConfig:

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from eval.report import write_json
 from train.config import Config, ConfigError, save_config, to_container
 from train.data import build_datamodule
+from train.divergence import StopOnNonFiniteLoss
 from train.loggers import build_loggers
 from train.module import Classifier
 from train.provenance import checkpoint_position, collect_provenance, relative_path
@@ -93,7 +94,7 @@ def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> tuple[Path
     run_dir = Path(cfg.out_dir) / cfg.name
     last = run_dir / "checkpoints" / "last.ckpt"
     if global_rank() != 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _make_dir(run_dir)
         return run_dir, last if resume else None
     has_run = (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()
     if resume:
@@ -111,8 +112,19 @@ def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> tuple[Path
                 f"(name=...), continue it with --resume, or replace it with --overwrite."
             )
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(run_dir)
     return run_dir, None
+
+
+def _make_dir(run_dir: Path) -> None:
+    """``mkdir -p`` with a ConfigError naming ``out_dir`` when the file system refuses."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"Cannot create the run directory {run_dir}: {err.strerror or err}. Set out_dir=... "
+            f"to a writable folder (it is created if missing)."
+        ) from None
 
 
 def _augment_summary(cfg: Config) -> dict[str, Any]:
@@ -160,14 +172,19 @@ def fit(
         from eval.runner import preflight
 
         preflight(cfg.eval, dm, cfg.data.image_size)
-    run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Built before the run dir: init_from, model.freeze and optim.lr_mult are checked first.
+    model = Classifier(cfg, num_classes=dm.num_classes)
+    run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    load_note = []
     if global_rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
-    model = Classifier(cfg, num_classes=dm.num_classes)
+        if model.load_report is not None:
+            write_json(model.load_report, run_dir / "load_report.json")
+            load_note = [f"{model.load_summary()}; details in {run_dir / 'load_report.json'}."]
 
     loggers, notes = build_loggers(cfg, run_dir, rank=global_rank(), resume=resume)
-    notes = [*dm.notes, *notes]
+    notes = [*dm.notes, *load_note, *notes]
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -178,7 +195,12 @@ def fit(
         save_top_k=1,
     )
     # Order matters: last.ckpt is written after the best callback updated its state.
-    all_callbacks: list[Any] = [checkpoint, LastCheckpoint(ckpt_dir), *callbacks]
+    all_callbacks: list[Any] = [
+        StopOnNonFiniteLoss(ckpt_dir / "last.ckpt"),
+        checkpoint,
+        LastCheckpoint(ckpt_dir),
+        *callbacks,
+    ]
     monitor = None
     if cfg.eval.enabled:
         from eval.callback import InvarianceMonitor

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import secrets
+import string
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from urllib.parse import urlparse
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from train.config import Config, to_container
+from train.files import atomic_write_text
 
 
 def wandb_credentials_available() -> bool:
@@ -31,11 +34,28 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's W&B id, kept in ``<run_dir>/wandb_id.txt`` so that ``--resume`` continues the
+    same W&B run (online and offline); a new id is written the first time."""
+    path = run_dir / WANDB_ID_FILE
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    # W&B's own generator is internal API (wandb.sdk.lib.runid); same alphabet and length.
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    atomic_write_text(path, run_id + "\n")
+    return run_id
+
+
 def _init_wandb(cfg: Config, run_dir: Path, mode: str) -> tuple[Any, list[str]]:
     import wandb
 
     w = cfg.logger.wandb
     kwargs = {
+        "id": wandb_run_id(run_dir),
+        "resume": "allow",
         "project": w.project,
         "entity": w.entity,
         "group": w.group,
@@ -56,6 +76,7 @@ def _init_wandb(cfg: Config, run_dir: Path, mode: str) -> tuple[Any, list[str]]:
             msg = f"W&B could not reach the server ({type(err).__name__}: {err}); logging offline."
             warnings.warn(msg, stacklevel=2)
             notes.append(msg)
+            wandb.teardown()  # the failed attempt still holds the run id in W&B's service
     run = wandb.init(mode="offline", settings=wandb.Settings(quiet=True), **kwargs)
     where = Path(run.dir).parent
     notes.append(f"W&B offline run in {where}; upload it with `wandb sync {where}`.")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 import augment
 import models
 from train.config import Config, ConfigError, from_container, to_container
+from train.finetune import freeze, lr_multipliers
 
 
 class Normalize(nn.Module):
@@ -62,18 +63,49 @@ class Classifier(L.LightningModule):
         super().__init__()
         cfg: Config = from_container(to_container(config))
         # Plain containers only: a DictConfig in hparams breaks weights_only checkpoint loading.
-        self.save_hyperparameters({"config": to_container(cfg), "num_classes": num_classes})
+        # logger=False: loggers get the config once, from train.loggers (not again as "config").
+        self.save_hyperparameters(
+            {"config": to_container(cfg), "num_classes": num_classes}, logger=False
+        )
         self.cfg = cfg
         self.num_classes = num_classes
         self.normalize = Normalize(list(cfg.data.mean), list(cfg.data.std))
-        model_cfg = cfg.model
-        if not init_weights:
-            model_cfg = OmegaConf.merge(model_cfg, {"init_from": None, "pretrained": None})
-        self.net = models.build(model_cfg, num_classes=num_classes)
+        # init_from is loaded here, not by models.build, to keep its loading report.
+        drop = {"init_from": None} if init_weights else {"init_from": None, "pretrained": None}
+        self.net = models.build(OmegaConf.merge(cfg.model, drop), num_classes=num_classes)
+        self.load_result: models.LoadResult | None = None
+        if init_weights and cfg.model.init_from:
+            self.load_result = models.load_weights(
+                self.net,
+                cfg.model.init_from,
+                strict=cfg.model.init_strict,
+                allow_head_mismatch=True,
+            )
+        self._frozen_norms = freeze(self.net, list(cfg.model.freeze))
+        self._lr_groups = lr_multipliers(self.net, dict(cfg.optim.lr_mult))
         self.augment = augment.build(cfg.augment)
         self.eval_split_names: list[str] = []
         if cfg.model.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def load_report(self) -> dict[str, Any] | None:
+        """What ``model.init_from`` loaded (None without it): ``load_report.json``."""
+        if self.load_result is None:
+            return None
+        return {"init_from": str(self.cfg.model.init_from), **self.load_result.as_dict()}
+
+    def load_summary(self) -> str:
+        """One line about ``model.init_from`` for the run's notes."""
+        assert self.load_result is not None
+        return f"Initialised from {self.cfg.model.init_from}: {self.load_result.summary()}"
+
+    def train(self, mode: bool = True) -> Classifier:
+        """``nn.Module.train``, except that BatchNorm layers of frozen parameters stay in eval."""
+        super().train(mode)
+        for norm in self._frozen_norms:
+            norm.eval()
+        return self
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -134,19 +166,24 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
-        decay, no_decay = [], []
-        for p in self.net.parameters():
+        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+        for name, p in self.net.named_parameters():
             if p.requires_grad:
                 # Biases and norm scales are not weight-decayed (standard for CNN training).
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": o.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+                groups.setdefault((self._lr_groups.get(name, 1.0), p.ndim <= 1), []).append(p)
+        param_groups = [
+            {
+                "params": params,
+                "weight_decay": 0.0 if no_decay else o.weight_decay,
+                "lr": o.lr * mult,
+                "lr_mult": mult,
+            }
+            for (mult, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0])
         ]
         if o.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+            opt = torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
         else:
-            opt = torch.optim.AdamW(groups, lr=o.lr)
+            opt = torch.optim.AdamW(param_groups, lr=o.lr)
         total = int(self.trainer.estimated_stepping_batches)
         # Known once estimated_stepping_batches has loaded the train dataloader.
         batches = self.trainer.num_training_batches
@@ -159,7 +196,7 @@ class Classifier(L.LightningModule):
             # OneCycleLR needs at least one step in each phase.
             pct_start = min(max(warm, 2.0), total - 2.0) / total
             sched: Any = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=o.lr, total_steps=total, pct_start=pct_start
+                opt, max_lr=[g["lr"] for g in param_groups], total_steps=total, pct_start=pct_start
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o, total, steps_per_epoch))
