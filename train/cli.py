@@ -112,6 +112,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(ns: argparse.Namespace) -> int:
+    from models.export import export_checkpoint
+
+    weights, config = export_checkpoint(ns.checkpoint, ns.out, overwrite=ns.overwrite)
+    print(f"Wrote {weights} and {config}")
+    return 0
+
+
 def cmd_models(ns: argparse.Namespace) -> int:
     import models
 
@@ -254,6 +262,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         first="checkpoint",
     )
     p.add_argument("--out", help="output directory (default: <run>/reports/eval-<time>/)")
+    p = sub.add_parser("export", help="a checkpoint's weights as safetensors + model config JSON")
+    p.add_argument("checkpoint", help=".ckpt written by `invlab fit`")
+    p.add_argument("out", help="OUT.safetensors (OUT.json is written next to it)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=cmd_export)
+    commands["export"] = p
     add("models", cmd_models, "list models, or what antialias() rewrites in one", first="name")
     for name, func, what, n in (
         ("show-augment", cmd_show_augment, "original vs augmented samples", 8),
@@ -302,6 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ns.func(ns)
     except ConfigError as err:
         print(f"invlab {ns.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # the file system refused (permissions, full disk, missing folder)
+        where = f" on '{err.filename}'" if err.filename else ""
+        print(
+            f"invlab {ns.command}: error: file system error{where}: {err.strerror or err}. "
+            "Check that the path exists, is writable and that the disk has space.",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

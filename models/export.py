@@ -1,0 +1,122 @@
+"""``invlab export``: a checkpoint's model weights as plain safetensors plus a JSON of its config.
+
+The weights carry no key prefix, so ``timm.create_model(name, pretrained=True,
+pretrained_cfg_overlay=dict(file=OUT, num_classes=N), num_classes=N)`` loads those of a
+``timm:`` model built without invlab's rewrites (``model.small_input=false``, no antialias
+rewrite); the JSON holds those arguments under ``timm``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from train.config import ConfigError
+from train.files import atomic_write_text
+
+from .checkpoint import CheckpointError, lightning_state, read_config, require_file, strip_prefixes
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """The JSON written next to ``out``: ``model.safetensors`` -> ``model.json``."""
+    return Path(out).with_suffix(".json")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.suffix != ".safetensors":
+        raise ConfigError(
+            f"Export target '{out}' must end in .safetensors (e.g. "
+            f"{out.with_suffix('.safetensors')})."
+        )
+    for path in (out, sidecar_path(out)):
+        if path.exists() and not overwrite:
+            raise ConfigError(
+                f"'{path}' already exists. Choose another output path, or replace it with "
+                f"--overwrite."
+            )
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ConfigError(
+            f"Cannot write '{out}': {parent} is not a writable folder. Choose another output path."
+        )
+
+
+def _timm_arguments(model: dict[str, Any], out: Path, num_classes: int) -> dict[str, Any]:
+    """``timm.create_model`` arguments that load the exported weights, or why there are none."""
+    name = str(model.get("name", ""))
+    if not name.startswith("timm:"):
+        return {"loadable": False, "why": f"'{name}' is not a timm model"}
+    aa = model.get("antialias") or {}
+    rewrites = []
+    if model.get("small_input"):
+        rewrites.append("model.small_input=true rewrote the stem")
+    if aa.get("method", "none") != "none":
+        rewrites.append("model.antialias changed the layers")
+    if rewrites:
+        return {"loadable": False, "why": "; ".join(rewrites)}
+    return {
+        "loadable": True,
+        "model_name": name.removeprefix("timm:"),
+        "kwargs": {
+            **dict(model.get("kwargs") or {}),
+            "num_classes": num_classes,
+            "pretrained": True,
+            "pretrained_cfg_overlay": {"file": str(out.resolve()), "num_classes": num_classes},
+        },
+    }
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Write the model weights of an ``invlab fit`` checkpoint to ``out`` (safetensors, keys as in
+    the bare network) and its model config to ``out`` with suffix ``.json``; returns both paths.
+
+    Everything is checked before anything is written; both files are written atomically.
+    """
+    ckpt, out = require_file(checkpoint), Path(out)
+    _check_out(out, overwrite)
+    config = read_config(ckpt)
+    loaded = lightning_state(ckpt)
+    if config is None or loaded is None:
+        raise CheckpointError(
+            f"'{ckpt}' is not a checkpoint written by `invlab fit` (no stored config and 'net.*' "
+            "weights), so there is no model config to export. Give runs/<name>/checkpoints/"
+            "last.ckpt (a bare weights file needs no export)."
+        )
+    state, num_classes = loaded
+    weights = {
+        strip_prefixes(k.removeprefix("net.")): v.detach().cpu().contiguous().clone()
+        for k, v in state.items()
+    }
+    data = config.get("data") or {}
+    sidecar = {
+        "weights": out.name,
+        "checkpoint": str(ckpt.resolve()),
+        "num_classes": num_classes,
+        "model": config.get("model"),
+        "input": {
+            "image_size": data.get("image_size"),
+            "mean": data.get("mean"),
+            "std": data.get("std"),
+            "note": "float RGB in [0, 1], normalised with (x - mean) / std before the network",
+        },
+        "timm": _timm_arguments(config.get("model") or {}, out, int(num_classes or 0)),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(weights, tmp, metadata={"format": "pt"})
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    json_path = atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
+    return out, json_path
