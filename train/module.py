@@ -82,6 +82,8 @@ class Classifier(L.LightningModule):
                 allow_head_mismatch=True,
             )
         self._frozen_norms = freeze(self.net, list(cfg.model.freeze))
+        for norm in self._frozen_norms:  # Lightning keeps each submodule's mode as it finds it
+            norm.eval()
         self._lr_groups = lr_multipliers(self.net, dict(cfg.optim.lr_mult))
         self.augment = augment.build(cfg.augment)
         self.eval_split_names: list[str] = []
