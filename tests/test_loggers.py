@@ -66,3 +66,35 @@ def test_fit_logs_config_metrics_and_curves_to_offline_wandb(
         assert key in raw, key
     assert b"placement" in raw  # the resolved config
     assert any("wandb sync" in n for n in result.notes)
+
+
+def test_resumed_run_continues_the_same_wandb_run_and_logs_the_config_once(
+    no_credentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wandb
+
+    from train.fit import fit
+
+    runs = []
+    real_init = wandb.init
+
+    def init(*args, **kwargs):
+        runs.append(real_init(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(wandb, "init", init)
+    args = ("name=w", "logger.wandb.mode=offline", "eval.enabled=false")
+    first = fit(tiny_config(tmp_path, *args))
+    run_id = (first.run_dir / "wandb_id.txt").read_text().strip()
+    fit(tiny_config(tmp_path, *args, "trainer.max_epochs=2"), resume=True)
+    offline = sorted((first.run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2  # one segment per process, both of the same W&B run
+    assert all(p.name.endswith(f"-{run_id}") for p in offline)
+    assert [r.id for r in runs] == [run_id, run_id]
+
+    config = runs[-1].config.as_dict()
+    assert config["augment"]["max_shift_px"] == 4 and config["data"]["image_size"] == 16
+    assert "config" not in config and "num_classes" not in config  # not logged a second time
+    for path in offline:  # on disk: augment.max_shift_px and eval.max_shift_px, once each
+        raw = next(path.glob("run-*.wandb")).read_bytes()
+        assert raw.count(b"max_shift_px") == 2
