@@ -3,11 +3,10 @@ one row per run and held-out split, every cell a mean with its bootstrap interva
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from eval.report import cell, render_rows
+from eval.report import cell, read_metrics, render_rows
 from train.config import ConfigError
 
 # (column title, path inside an invariance split block, signed); None: the split's accuracy.
@@ -53,7 +52,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
                 f"No metrics.json in '{run}'. Give run directories written by `invlab fit` "
                 f"(e.g. runs/<name>), whose training finished."
             )
-        metrics = json.loads(path.read_text())
+        metrics = read_metrics(path)
         config = metrics.get("config", {})
         runs.append(
             {

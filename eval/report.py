@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.runner import SCALAR_METRICS, TRANSFORMS
+from train.config import ConfigError
 from train.files import atomic_write_text
 
 COLUMNS = {
@@ -128,6 +129,20 @@ def format_table(report: dict[str, Any]) -> str:
         out += ["", "on images classified correctly at the reference view (no shift, scale 1)"]
         out += render_rows(["split", "transform", "n", *list(COLUMNS.values())[1:]], conditional)
     return "\n".join(out)
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A run's ``metrics.json``; ``ConfigError`` naming the file when it is not a JSON object."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"'{path}' is not valid JSON ({err}): the run's results are damaged. Re-create them "
+            f"with `invlab eval` on its checkpoint, or leave that run out."
+        ) from None
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"'{path}' does not hold a JSON object of run results; leave it out.")
+    return metrics
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:

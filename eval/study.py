@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eval.report import cell, render_rows
+from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
 from train.config import ConfigError
 
@@ -109,7 +109,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     runs = []
     for path in find_runs(paths):
-        metrics = json.loads((path / "metrics.json").read_text())
+        metrics = read_metrics(path / "metrics.json")
         config = metrics.get("config") or {}
         runs.append(
             Run(

@@ -48,9 +48,9 @@ def _header(path: Path) -> bytes:
 def _translate(path: Path, err: BaseException) -> CheckpointError:
     """One sentence for whatever ``torch.load`` raised."""
     text = str(err)
-    refused = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global ['\"]?([\w.]+)", text)
-    if refused or "Unsupported operand" in text:
-        what = f" ({refused.group(1)})" if refused else ""
+    refused = re.search(r"GLOBAL ([\w.]+)", text)  # torch names the class it would import
+    if refused:
+        what = f" ({refused.group(1)})"
         return CheckpointError(
             f"Checkpoint '{path}' holds pickled Python objects{what}; invlab refuses to load "
             "them because unpickling can run arbitrary code. Load it once in a trusted "

@@ -38,6 +38,7 @@ ROWS = [
     Row("yaml-syntax", ("fit", "{files}/broken.yaml"), "Could not read YAML file"),
     Row("yaml-not-mapping", ("fit", "{files}/list.yaml"), "must hold a mapping"),
     Row("trainer-arg", ("fit", "{fit}", "trainer.max_epoch=1"), "Unknown Lightning Trainer"),
+    Row("trainer-type", ("fit", "{fit}", "trainer.max_epochs=abc"), "expects int or null"),
     Row("out-dir-under-file", ("fit", "{fit}", "out_dir={files}/plain.txt/runs"), "out_dir="),
     Row("out-dir-unwritable", ("fit", "{fit}", "out_dir=/proc/nope"), "out_dir="),
     Row(
@@ -63,6 +64,7 @@ ROWS = [
     Row("eval-dir-as-ckpt", ("eval", "{files}"), "is a directory"),
     Row("eval-truncated", ("eval", "{files}/truncated.ckpt"), "truncated or corrupt"),
     Row("eval-text-file", ("eval", "{files}/text.ckpt"), "is not a checkpoint"),
+    Row("eval-yaml-as-ckpt", ("eval", "configs/default.yaml"), "is not a checkpoint"),
     Row("eval-pickled-code", ("eval", "{files}/code.ckpt"), "pickled Python objects (posix.system"),
     Row("finetune-empty", ("finetune", "{files}/empty.ckpt"), "is empty"),
     Row("finetune-truncated", ("finetune", "{files}/truncated.ckpt"), "truncated or corrupt"),
@@ -78,6 +80,8 @@ ROWS = [
     Row("sweep-jobs-0", ("sweep", "configs/sweeps/ablation.yaml", "--jobs", "0"), "--jobs"),
     Row("report-nothing", ("report", "{files}/nothing"), "neither a run directory"),
     Row("compare-nothing", ("compare", "{files}/nothing"), "No metrics.json"),
+    Row("report-damaged-run", ("report", "{files}/damaged"), "is not valid JSON"),
+    Row("compare-damaged-run", ("compare", "{files}/damaged"), "is not valid JSON"),
     Row(
         "nan-loss",
         ("fit", "{fit}", "name=diverged", "optim.lr=1e30", "eval.enabled=false"),
@@ -116,6 +120,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (files / "broken.yaml").write_text("data:\n  n_train: [1, 2\n")
     (files / "list.yaml").write_text("- data\n- model\n")
     (files / "plain.txt").write_text("not a folder\n")
+    (files / "damaged").mkdir()
+    (files / "damaged" / "metrics.json").write_text('{"name": "cut off')
     return {"out": out, "files": files, "ckpt": ckpt, "fit": fit}  # type: ignore[dict-item]
 
 

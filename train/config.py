@@ -10,9 +10,10 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import types
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
@@ -508,12 +509,12 @@ def _check_ranges(cfg: DictConfig) -> None:
         if d[key] < 0:
             raise ConfigError(f"'data.{key}' must be >= 0, got {d[key]}.")
     _check_placement(d.placement, "data.placement")
-    _check_on_canvas(d, d.placement, "data.placement", margin=0)
+    _check_on_canvas(d, d.placement, "data.placement")
     for split, spec in d.heldout.items():
         if spec.n < 0:
             raise ConfigError(f"'data.heldout.{split}.n' must be >= 0, got {spec.n}.")
         _check_placement(spec, f"data.heldout.{split}")
-        _check_on_canvas(d, heldout_placement(d, split), f"data.heldout.{split}", d.eval_margin_px)
+        _check_on_canvas(d, heldout_placement(d, split), f"data.heldout.{split}")
     for pattern, mult in cfg.optim.lr_mult.items():
         if not mult >= 0:
             raise ConfigError(
@@ -561,18 +562,19 @@ def _check_placement(p: Any, where: str) -> None:
             raise ConfigError(f"'{where}.{key}' must be >= 0, got {p[key]}.")
 
 
-def _check_on_canvas(d: Any, p: Any, where: str, margin: int) -> None:
-    """A ring whose inner radius puts every object wholly outside the rendered canvas."""
+def _check_on_canvas(d: Any, p: Any, where: str) -> None:
+    """A ring whose inner radius puts every object outside the model's window."""
     if d.render is False or p.position != "ring" or p.radius_px is None:
         return
-    half_canvas = d.image_size / 2 + margin
+    half = d.image_size / 2
     reach = d.object_size * d.image_size * max(p.scale) / 2  # object half-extent at its largest
-    if p.radius_px[0] - reach >= half_canvas:
+    if p.radius_px[0] - reach >= half:
         raise ConfigError(
             f"'{where}.radius_px' starts at {p.radius_px[0]:g} px from the centre, but objects "
-            f"reach only {reach:g} px from their centre and the canvas ends {half_canvas:g} px "
-            f"from it: every image would be empty background. Use radius_px below "
-            f"{half_canvas + reach:g} (e.g. [3.5, 5.0]) or a larger data.image_size."
+            f"reach only {reach:g} px from their centre and the {d.image_size}-px model window "
+            f"ends {half:g} px from it: every image would be empty background (at most an "
+            f"object in a corner). Use radius_px below {half + reach:g} (e.g. [3.5, 5.0]) or a "
+            f"larger data.image_size."
         )
 
 
@@ -643,9 +645,67 @@ def trainer_arguments() -> tuple[str, ...]:
     return tuple(p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self")
 
 
+@functools.cache
+def _trainer_hints() -> dict[str, Any]:
+    """Annotated types of ``lightning.pytorch.Trainer`` arguments ({} if they cannot be read)."""
+    import lightning.pytorch as L
+
+    try:
+        return get_type_hints(L.Trainer.__init__)
+    except Exception:  # forward references Lightning may add: then Lightning checks alone
+        return {}
+
+
+_PLAIN = {int: (int,), float: (int, float), bool: (bool,), str: (str,), type(None): (type(None),)}
+
+
+def _accepts(hint: Any, value: Any) -> bool | None:
+    """Whether a YAML value fits a Trainer annotation; None when it cannot be told here."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        answers = [_accepts(arg, value) for arg in get_args(hint)]
+        return True if True in answers else (None if None in answers else False)
+    if origin is Literal:
+        return value in get_args(hint)
+    if hint in _PLAIN:
+        # bool is an int in Python, never in a config.
+        return isinstance(value, _PLAIN[hint]) and (hint is bool or not isinstance(value, bool))
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        (item, *_) = get_args(hint) or (Any,)
+        return not any(_accepts(item, v) is False for v in value)
+    if origin is dict:
+        return isinstance(value, (dict, DictConfig))
+    return None  # objects (Accelerator, Strategy, ...): Lightning validates them
+
+
+def _hint_name(hint: Any) -> str:
+    """A Trainer annotation in words: ``Optional[int]`` -> "int or null"."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        return " or ".join(dict.fromkeys(_hint_name(a) for a in get_args(hint)))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin in (list, tuple):
+        return "a list of " + " or ".join(_hint_name(a) for a in get_args(hint)[:1])
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
 def _check_trainer(cfg: DictConfig) -> None:
     valid = list(trainer_arguments())
+    hints = _trainer_hints()
     for key in cfg.trainer:
+        value = cfg.trainer[key]
+        if key in hints and _accepts(hints[key], value) is False:
+            raise ConfigError(
+                f"Wrong type for 'trainer.{key}': got {value!r}, but Lightning's Trainer expects "
+                f"{_hint_name(hints[key])}. Fix the value (see `lightning.pytorch.Trainer`)."
+            )
         if key in MANAGED_TRAINER_KEYS:
             raise ConfigError(
                 f"'trainer.{key}' is set by invlab: {MANAGED_TRAINER_KEYS[key]}. Remove it."
