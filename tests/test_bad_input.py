@@ -39,6 +39,8 @@ ROWS = [
     Row("yaml-not-mapping", ("fit", "{files}/list.yaml"), "must hold a mapping"),
     Row("trainer-arg", ("fit", "{fit}", "trainer.max_epoch=1"), "Unknown Lightning Trainer"),
     Row("trainer-type", ("fit", "{fit}", "trainer.max_epochs=abc"), "expects int or null"),
+    Row("trainer-strategy", ("fit", "{fit}", "trainer.strategy=nonsense"), "invalid strategy"),
+    Row("trainer-devices-0", ("fit", "{fit}", "trainer.devices=0"), "Lightning rejected"),
     Row("out-dir-under-file", ("fit", "{fit}", "out_dir={files}/plain.txt/runs"), "out_dir="),
     Row("out-dir-unwritable", ("fit", "{fit}", "out_dir=/proc/nope"), "out_dir="),
     Row(

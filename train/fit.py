@@ -10,6 +10,7 @@ Run directory ``<out_dir>/<name>/``: ``config.yaml``, ``checkpoints/{last,best-*
 
 from __future__ import annotations
 
+import logging
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -127,6 +129,25 @@ def _make_dir(run_dir: Path) -> None:
         ) from None
 
 
+def check_trainer(trainer_kwargs: dict[str, Any]) -> None:
+    """Let Lightning judge the ``trainer`` settings (accelerator, devices, strategy, precision)
+    on a throwaway Trainer, before the run dir or a W&B run exists: ``ConfigError`` if it objects.
+    """
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "GPU available" lines come again with the real one
+    try:
+        L.Trainer(**trainer_kwargs, logger=False, enable_checkpointing=False)
+    except (MisconfigurationException, ImportError, TypeError, ValueError, RuntimeError) as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise ConfigError(
+            f"Lightning rejected the trainer settings: {text} Fix the trainer.* keys (e.g. "
+            f"trainer.accelerator=auto, trainer.devices=1) or see `invlab config` for the values."
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
 def _augment_summary(cfg: Config) -> dict[str, Any]:
     """What training augmentation did, for reports (the fill decides what borders looked like)."""
     a = cfg.augment
@@ -172,6 +193,10 @@ def fit(
         from eval.runner import preflight
 
         preflight(cfg.eval, dm, cfg.data.image_size)
+    trainer_kwargs = to_container(cfg.trainer)
+    if cfg.data.n_val == 0:
+        trainer_kwargs.setdefault("limit_val_batches", 0)
+    check_trainer(trainer_kwargs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Built before the run dir: init_from, model.freeze and optim.lr_mult are checked first.
     model = Classifier(cfg, num_classes=dm.num_classes)
@@ -216,9 +241,7 @@ def fit(
     if loggers:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
 
-    trainer_kwargs = to_container(cfg.trainer)
     if cfg.data.n_val == 0:
-        trainer_kwargs.setdefault("limit_val_batches", 0)
         checkpoint.monitor = None
     trainer = L.Trainer(
         **trainer_kwargs,
