@@ -12,7 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+import models
 from augment.registry import PRESETS, register_preset
+from models.antialias_methods import ANTIALIAS_METHODS, register_antialias
+from models.downsampling import DOWNSAMPLERS, register_downsample
 from models.registry import MODELS, register_model
 from tests.conftest import tiny_config
 from train.cli import main
@@ -61,11 +64,13 @@ def test_one_suggestion_cutoff() -> None:
 
 
 def test_builtin_registries_use_the_rule() -> None:
-    for registry in (MODELS, SOURCES, PRESETS):
+    for registry in (MODELS, SOURCES, PRESETS, ANTIALIAS_METHODS, DOWNSAMPLERS):
         assert isinstance(registry, Registry) and registry.names() == sorted(registry.names())
     assert {"shapes", "digits", "folder"} <= set(SOURCES.names())
     assert {"cnn", "cnn_tiny"} <= set(MODELS.names())
     assert {"translate", "flip", "none"} <= set(PRESETS.names())
+    assert ANTIALIAS_METHODS.names() == ["aps", "blur", "maxblur"]
+    assert DOWNSAMPLERS.names() == ["avgpool", "conv", "maxpool", "none"]
     with pytest.raises(ValueError, match="already registered"):
         register_source("shapes")(lambda cfg, seed: None)
     with pytest.raises(ValueError, match="already registered"):
@@ -185,6 +190,57 @@ def test_user_source_model_and_preset_train_end_to_end(
     assert [b.shape[0] for b in seen].count(32) == 2
     batches = torch.cat(seen)
     assert bool((_has_colour(batches, RED) ^ _has_colour(batches, BLUE)).all())
+
+
+class SkipDownsample(nn.Module):
+    """Keep every ``stride``-th pixel (the aliasing baseline, as a method of one's own)."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., :: self.stride, :: self.stride]
+
+
+def test_user_antialias_method_is_accepted_and_applied(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Unknown antialias method 'test_skip'.*'none'"):
+        tiny_config(tmp_path, "model.antialias.method=test_skip")
+
+    @register_antialias("test_skip", convs=False, describe=lambda s, k, pad: f"Skip(s{s})")
+    def skip(stride: int, filt_size: int, pad_mode: str) -> nn.Module:
+        return SkipDownsample(stride)
+
+    try:
+        cfg = tiny_config(tmp_path, "model.antialias.method=test_skip", "model.downsample=maxpool")
+        net = models.build(cfg.model, num_classes=3)
+        added = [m for m in net.modules() if isinstance(m, SkipDownsample)]
+        assert len(added) == 1 and added[0].stride == 2  # one max-pool between two stages
+        assert net(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+        plan = models.antialias_plan(models.build({"name": "cnn"}, 3), "test_skip")
+        assert [row[2] for row in plan] == ["kept (test_skip: pools only)"] * 2  # strided convs
+        pooled = models.build({"name": "cnn", "downsample": "avgpool"}, 3)
+        assert [r[2] for r in models.antialias_plan(pooled, "test_skip")] == ["Skip(s2)"] * 2
+    finally:
+        ANTIALIAS_METHODS.remove("test_skip")
+
+
+def test_user_downsampling_layer_is_accepted_and_built(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Unknown downsampling layer 'test_skip'"):
+        tiny_config(tmp_path, "model.downsample=test_skip")
+
+    @register_downsample("test_skip")
+    def skip(ch: int, kernel: int, stride: int, padding_mode: str, norm: str) -> nn.Module:
+        return SkipDownsample(stride)
+
+    try:
+        cfg = tiny_config(tmp_path, "model.downsample=test_skip", "model.down_stride=4")
+        net = models.build(cfg.model, num_classes=3)
+        assert isinstance(net.features.down1, SkipDownsample) and net.features.down1.stride == 4
+        x = torch.rand(1, 3, 16, 16)
+        assert net.features(x).shape == (1, 16, 4, 4)  # widths [8, 16]: one 4x subsampling
+    finally:
+        DOWNSAMPLERS.remove("test_skip")
 
 
 # ------------------------------------------------------------------------- plugins key

@@ -121,7 +121,7 @@ class DataConfig:
 # -------------------------------------------------------------------------------------- model
 @dataclass
 class AntialiasConfig:
-    method: str = "none"  # none | blur | maxblur | aps
+    method: str = "none"  # none | blur | maxblur | aps | a registered method
     filt_size: int = 4
     pad_mode: str = "reflect"  # reflect | replicate | circular | zeros
     skip_first: bool = False
@@ -133,7 +133,7 @@ class ModelConfig:
     name: str = "cnn"  # a registered built-in, "timm:<name>" or "tv:<name>"
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     depth: int = 1  # conv blocks per stage
-    downsample: str = "conv"  # conv | maxpool | avgpool | none (between stages)
+    downsample: str = "conv"  # conv | maxpool | avgpool | none | registered (between stages)
     down_kernel: int = 3
     down_stride: int = 2
     padding_mode: str = "zeros"  # zeros | reflect | replicate | circular
@@ -281,11 +281,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.heldout.*.background": BACKGROUNDS,
     "data.placement.appearance": APPEARANCES,
     "data.heldout.*.appearance": APPEARANCES,
-    "model.downsample": ("conv", "maxpool", "avgpool", "none"),
     "model.padding_mode": ("zeros", "reflect", "replicate", "circular"),
     "model.norm": ("batch", "none"),
     "model.head": ("gap", "flatten"),
-    "model.antialias.method": ("none", "blur", "maxblur", "aps"),
     "model.antialias.pad_mode": ("reflect", "replicate", "circular", "zeros"),
     "augment.pad_fill": ("reflect", "zeros", "background"),
     "optim.optimizer": ("sgd", "adamw"),
@@ -602,6 +600,8 @@ def _check_registered(cfg: DictConfig) -> None:
     import models  # noqa: F401
     import train.data  # noqa: F401
     from augment.registry import PRESETS
+    from models.antialias_methods import ANTIALIAS_METHODS
+    from models.downsampling import DOWNSAMPLERS
     from models.registry import MODELS, is_external
     from train.data.registry import SOURCES
 
@@ -615,6 +615,9 @@ def _check_registered(cfg: DictConfig) -> None:
         MODELS.get(cfg.model.name, "model.name")
     for name in cfg.augment.presets:
         PRESETS.get(name, "augment.presets")
+    DOWNSAMPLERS.get(cfg.model.downsample, "model.downsample")
+    if cfg.model.antialias.method != "none":
+        ANTIALIAS_METHODS.get(cfg.model.antialias.method, "model.antialias.method")
 
 
 def validate(cfg: DictConfig) -> DictConfig:
