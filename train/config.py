@@ -258,7 +258,7 @@ class Config:
     name: str = "default"
     seed: int = 0
     out_dir: str = "runs"
-    # Modules imported before validation: they register their own sources, models and presets.
+    # Modules imported before validation: they register their own sources, models, presets, ...
     plugins: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -269,8 +269,9 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-# Allowed values of string-valued keys. Names of sources, models and augmentation presets are
-# checked against their registries (_check_registered); kornia op names when the ops are built.
+# Allowed values of string-valued keys. Names of sources, models, augmentation presets,
+# antialiasing methods and downsampling layers are checked against their registries
+# (_check_registered, plug-ins included); kornia op names when the ops are built.
 POSITIONS = ("gaussian", "uniform", "ring", "center")
 BACKGROUNDS = ("flat", "noise", "texture")
 APPEARANCES = ("colour", "classic")
