@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from train.config import ConfigError
@@ -10,7 +9,7 @@ from train.config import ConfigError
 from . import presets as _presets  # noqa: F401  (registers the built-in presets)
 from .ops import build_op
 from .pipeline import Augmenter
-from .registry import get_preset, list_presets
+from .registry import get_preset
 
 
 def _check(cfg: Any) -> None:
@@ -37,17 +36,10 @@ def build(cfg_augment: Any) -> Augmenter:
     """The augmentation module for ``cfg.augment`` (identity when no presets and no ops)."""
     _check(cfg_augment)
     modules, names = [], []
-    valid = list_presets()
     for preset in cfg_augment.presets:
-        if preset not in valid:
-            close = difflib.get_close_matches(str(preset), valid, n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"Unknown augmentation preset {preset!r} in 'augment.presets'.{hint} "
-                f"Choose from: {', '.join(valid)}."
-            )
+        fn = get_preset(preset)
         try:
-            modules += get_preset(preset)(cfg_augment)
+            modules += fn(cfg_augment)
         except ValueError as err:
             raise ConfigError(f"Augmentation preset {preset!r}: {err}") from None
         names.append(preset)

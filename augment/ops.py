@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +10,7 @@ import kornia.augmentation as K
 from torch import nn
 
 from train.config import ConfigError
+from train.suggest import did_you_mean
 
 
 def kornia_op_names() -> list[str]:
@@ -26,11 +26,6 @@ def kornia_op_names() -> list[str]:
         ):
             names.append(name)
     return sorted(names)
-
-
-def _closest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.4)
-    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def _plain(value: Any) -> Any:
@@ -56,7 +51,7 @@ def build_op(spec: Mapping[str, Any], same_on_batch: bool = False) -> nn.Module:
         )
     if name not in valid:
         raise ConfigError(
-            f"Unknown kornia op {name!r} in 'augment.ops'.{_closest(name, valid)} "
+            f"Unknown kornia op {name!r} in 'augment.ops'.{did_you_mean(name, valid)} "
             f"Valid names: {', '.join(valid)}."
         )
     cls = getattr(K, name)
@@ -65,7 +60,7 @@ def build_op(spec: Mapping[str, Any], same_on_batch: bool = False) -> nn.Module:
         if key not in accepted:
             raise ConfigError(
                 f"Unknown argument {key!r} for kornia op {name} in 'augment.ops'."
-                f"{_closest(key, accepted)} Accepted arguments: {', '.join(accepted)}."
+                f"{did_you_mean(key, accepted)} Accepted arguments: {', '.join(accepted)}."
             )
     kwargs = {k: _plain(v) for k, v in spec.items()}
     if "same_on_batch" in accepted:

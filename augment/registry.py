@@ -1,4 +1,8 @@
-"""Preset registry: a preset maps the ``augment`` config section to a list of ops."""
+"""Preset registry: a preset maps the ``augment`` config section to a list of ops.
+
+Names follow the rule of :class:`train.registry.Registry` (sorted listing, duplicates refused
+unless ``override=True``).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,22 @@ from typing import Any
 
 from torch import nn
 
+from train.registry import Registry
+
 PresetFn = Callable[[Any], list[nn.Module]]
-_PRESETS: dict[str, PresetFn] = {}
+PRESETS: Registry[PresetFn] = Registry("augmentation preset")
 
 
-def register_preset(name: str) -> Callable[[PresetFn], PresetFn]:
+def register_preset(name: str, *, override: bool = False) -> Callable[[PresetFn], PresetFn]:
     """Decorator: ``@register_preset("flip") def flip(cfg) -> list[nn.Module]``."""
-
-    def wrap(fn: PresetFn) -> PresetFn:
-        if name in _PRESETS:
-            raise ValueError(f"Augmentation preset {name!r} is already registered.")
-        _PRESETS[name] = fn
-        return fn
-
-    return wrap
+    return PRESETS.register(name, override=override)
 
 
 def list_presets() -> list[str]:
-    return list(_PRESETS)
+    """Names of the registered presets, sorted."""
+    return PRESETS.names()
 
 
 def get_preset(name: str) -> PresetFn:
-    return _PRESETS[name]
+    """The preset ``name``; ``ConfigError`` naming the closest on a miss."""
+    return PRESETS.get(name, "augment.presets")

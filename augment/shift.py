@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from train.imageops import windows
+
 from .base import SeededOp
 
 PAD_FILLS = ("zeros", "reflect", "background")
@@ -41,17 +43,11 @@ def shift_batch(x: Tensor, shifts: Tensor, m: int, fill: str = "zeros") -> Tenso
     """Shift each image of ``x`` [B, C, H, W] by its own integer ``shifts[b] = (dy, dx)``.
 
     ``out[b, :, i, j] = padded[b, :, i - dy, j - dx]``: content moves down/right for positive
-    shifts; ``|dy|, |dx| <= m``. One batched gather (as airbench's ``batch_crop``), since kornia's
-    per-sample crop is a Python loop over the batch.
+    shifts; ``|dy|, |dx| <= m``. The gather is :func:`train.imageops.windows`, the one that
+    evaluation's sliding windows use.
     """
-    b, _, h, w = x.shape
-    padded = pad_image(x, m, fill)
     start = m - shifts.to(device=x.device, dtype=torch.long)  # [B, 2] top-left of the window
-    rows = start[:, 0, None] + torch.arange(h, device=x.device)  # [B, H]
-    cols = start[:, 1, None] + torch.arange(w, device=x.device)  # [B, W]
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    # Advanced indices around a slice: the result is [B, H, W, C].
-    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    return windows(pad_image(x, m, fill), start[:, :1], start[:, 1:], tuple(x.shape[-2:]))[:, 0]
 
 
 class RandomIntegerShift(SeededOp):

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
+from train.figures import new_figure, save_figure
+
 
 def grid_image(
     images_uint8: Tensor, augmenter: nn.Module, n: int = 8, rows_aug: int = 3
@@ -32,20 +34,12 @@ def grid_image(
 
 def save_grid(images_uint8: Tensor, augmenter: nn.Module, path: str | Path, n: int = 8) -> Path:
     """Write ``grid_image`` as a PNG titled with the augmenter's presets/ops."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     grid = grid_image(images_uint8, augmenter, n=n)
     names = " + ".join(getattr(augmenter, "names", [])) or "none"
     height, width = grid.shape[:2]
-    fig = Figure(figsize=(max(width / 40, 4), height / 40 + 0.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(width / 40, 4), height / 40 + 0.6)
     ax = fig.add_subplot()
     ax.imshow(grid, interpolation="nearest")
     ax.set_title(f"augment: {names} (top row: originals)", fontsize=9)
     ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)

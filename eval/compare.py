@@ -8,6 +8,7 @@ from typing import Any
 
 from eval.report import cell, read_metrics, render_rows
 from train.config import ConfigError
+from train.figures import new_figure, save_figure
 
 # (column title, path inside an invariance split block, signed); None: the split's accuracy.
 COLUMNS: tuple[tuple[str, tuple[str, ...] | None, bool], ...] = (
@@ -103,13 +104,9 @@ def format_comparison(runs: list[dict[str, Any]]) -> str:
 
 def save_comparison_plot(runs: list[dict[str, Any]], path: str | Path) -> Path:
     """Grouped bars with interval whiskers: accuracy and P(top-1 change) per run and split."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     splits = list(dict.fromkeys(s for r in runs for s in _splits(r)))
     panels = (("accuracy", None), ("P(top-1 change), translate", ("translate", "p_change")))
-    fig = Figure(figsize=(max(6.0, 1.1 * len(runs) * max(1, len(splits)) / 2 + 3), 3.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(max(6.0, 1.1 * len(runs) * max(1, len(splits)) / 2 + 3), 3.6)
     width = 0.8 / max(1, len(splits))
     xs = range(len(runs))
     for i, (title, key) in enumerate(panels):
@@ -127,8 +124,4 @@ def save_comparison_plot(runs: list[dict[str, Any]], path: str | Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)

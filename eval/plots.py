@@ -1,16 +1,12 @@
-"""Figures of an invariance report (matplotlib, Agg backend: no display needed)."""
+"""Figures of an invariance report (``train.figures``: no pyplot, no display needed)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from eval.runner import SCALAR_METRICS, TRANSFORMS  # noqa: E402
+from eval.runner import SCALAR_METRICS, TRANSFORMS
+from train.figures import new_figure, save_figure
 
 
 def _x_axis(block: dict[str, Any], transform: str) -> tuple[list[float], str]:
@@ -32,7 +28,8 @@ def _trajectory_figure(report: dict[str, Any], transform: str, path: Path) -> Pa
             splits[f"{name} (scored)"] = block[transform]
     if not splits or report["protocol"].get("trajectory") == "grid" and transform == "translate":
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = new_figure(13, 3.6)
+    axes = fig.subplots(1, 3)
     for split, block in splits.items():
         x, label = _x_axis(block, transform)
         axes[0].plot(x, block["accuracy_by_view"], marker="o", label=split)
@@ -52,10 +49,7 @@ def _trajectory_figure(report: dict[str, Any], transform: str, path: Path) -> Pa
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{transform}: {report['protocol'].get('protocol')} protocol")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _typicality_figure(report: dict[str, Any], path: Path) -> Path | None:
@@ -64,7 +58,8 @@ def _typicality_figure(report: dict[str, Any], path: Path) -> Path | None:
         return None
     curve = typ["curve"]
     transforms = [t for t in TRANSFORMS if t in curve]
-    fig, axes = plt.subplots(1, len(transforms) + 1, figsize=(4.5 * (len(transforms) + 1), 3.6))
+    fig = new_figure(4.5 * (len(transforms) + 1), 3.6)
+    axes = fig.subplots(1, len(transforms) + 1)
     x = list(range(1, len(curve["score"]) + 1))
     axes[0].plot(x, curve["accuracy"], marker="o")
     axes[0].set_ylabel("accuracy")
@@ -76,10 +71,7 @@ def _typicality_figure(report: dict[str, Any], path: Path) -> Path | None:
     for ax in axes:
         ax.set_xlabel(f"typicality bin ({typ['method']}: 1 = nearest to training)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _cosine_maps(report: dict[str, Any], path: Path) -> Path | None:
@@ -94,7 +86,8 @@ def _cosine_maps(report: dict[str, Any], path: Path) -> Path | None:
     # One shared range from the lowest cosine to 1: post-ReLU features keep cosines near 1, and
     # a fixed 0..1 scale would hide the structure; shared so the splits compare by colour.
     low = min(min(min(row) for row in cmap) for cmap in maps.values())
-    fig, axes = plt.subplots(1, len(maps), figsize=(4.2 * len(maps), 3.8), squeeze=False)
+    fig = new_figure(4.2 * len(maps), 3.8)
+    axes = fig.subplots(1, len(maps), squeeze=False)
     for ax, (split, cmap) in zip(axes[0], maps.items(), strict=True):
         extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)  # pixel-centred cells
         im = ax.imshow(cmap, extent=extent, vmin=min(low, 0.999), vmax=1, cmap="viridis")
@@ -102,10 +95,7 @@ def _cosine_maps(report: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlabel("dx (px)")
         ax.set_ylabel("dy (px)")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def save_plots(

@@ -24,6 +24,7 @@ from typing import Any
 from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
 from train.config import ConfigError
+from train.figures import new_figure, save_figure
 
 # Keys that never make two runs different experiments.
 IGNORED = ("name", "out_dir", "seed", "logger", "model.init_from")
@@ -268,9 +269,6 @@ def plot_by(
 ) -> Path:
     """Each headline metric against ``by``: one line per split with its across-seed band; one
     row of panels per combination of the other varied keys."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     index = _lookup(rows)
     others = [k for k in keys if k != by]
     facets: dict[str, list[Group]] = {}
@@ -279,8 +277,7 @@ def plot_by(
         facets.setdefault(label, []).append(g)
     panels = [(t, tr, m) for t, tr, m, gap in HEADLINE if not gap and "/" not in m]
     splits = splits_of([r for g in groups for r in g.runs])
-    fig = Figure(figsize=(3.6 * len(panels), 2.9 * len(facets) + 0.4), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(3.6 * len(panels), 2.9 * len(facets) + 0.4)
     axes = fig.subplots(len(facets), len(panels), squeeze=False)
     for row_axes, (facet, members) in zip(axes, facets.items(), strict=True):
         xs_raw = [g.key.get(by) for g in members]
@@ -307,9 +304,7 @@ def plot_by(
             ax.set_xlabel(by, fontsize=8)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None:
@@ -325,11 +320,7 @@ def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None
             curves[_show(g.key.get(by))] = per_seed
     if not curves:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(8, 3.2)
     for i, (title, pick) in enumerate(
         (
             ("accuracy", lambda c: c["accuracy"]),
@@ -346,9 +337,7 @@ def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from train.config import ConfigError
+from train.imageops import center_crop, windows
 
 PROTOCOLS = ("crop", "embed", "circular", "subpixel")
 TRAJECTORIES = ("diagonal", "horizontal", "vertical", "grid")
@@ -95,34 +96,9 @@ def random_pair_offsets(
     return torch.stack([dy, dx], -1).double() * step
 
 
-def center_crop(images: Tensor, size: int) -> Tensor:
-    """Central ``size x size`` crop of ``[N, C, H, W]``."""
-    h, w = images.shape[-2:]
-    if h < size or w < size:
-        raise ValueError(f"Images of {h}x{w} px are smaller than the input size {size}.")
-    top, left = (h - size) // 2, (w - size) // 2
-    return images[..., top : top + size, left : left + size]
-
-
 def to_float(images: Tensor) -> Tensor:
     """uint8 [0, 255] -> float [0, 1]; float input is returned as float32."""
     return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-
-
-def _windows(src: Tensor, top: Tensor, left: Tensor, size: int, wrap: bool = False) -> Tensor:
-    """Integer windows: ``src [N, C, H, W]``, ``top/left [N, T]`` -> ``[N, T, C, size, size]``.
-
-    One batched gather (no per-view Python loop); ``wrap`` takes indices modulo the image size.
-    """
-    n, _, h, w = src.shape
-    ar = torch.arange(size, device=src.device)
-    rows = top.to(src.device)[..., None] + ar  # [N, T, S]
-    cols = left.to(src.device)[..., None] + ar
-    if wrap:
-        rows, cols = rows % h, cols % w
-    batch = torch.arange(n, device=src.device)[:, None, None, None]
-    out = src.permute(0, 2, 3, 1)[batch, rows[..., :, None], cols[..., None, :]]  # [N,T,S,S,C]
-    return out.permute(0, 1, 4, 2, 3)
 
 
 def margin_of(images: Tensor, size: int) -> int:
@@ -215,11 +191,11 @@ def translate_views(
 
     if protocol == "crop":
         src, m, _ = translation_source(images, size, max_shift, pad_mode)
-        out = _windows(src, m - dy.long(), m - dx.long(), size)
+        out = windows(src, m - dy.long(), m - dx.long(), size)
         return to_float(out)
     if protocol == "circular":
         src = center_crop(images, size)
-        return to_float(_windows(src, -dy.long(), -dx.long(), size, wrap=True))
+        return to_float(windows(src, -dy.long(), -dx.long(), size, wrap=True))
     if protocol == "embed":
         small = _embedded(images, size, embed_size, max_shift)
         e = small.shape[-1]
@@ -233,7 +209,7 @@ def translate_views(
         m = int(max_shift)
         lo, hi = border + m, size - e - border + m
         canvas = _fill_canvas(small, (lo, hi, lo, hi), fill)  # [N, C, size + 2m, size + 2m]
-        return _windows(canvas, m - dy.long(), m - dx.long(), size)
+        return windows(canvas, m - dy.long(), m - dx.long(), size)
     if protocol == "subpixel":
         src, m, _ = translation_source(to_float(images), size, max_shift, pad_mode)
         return _subpixel_windows(src, m - dy, m - dx, size)

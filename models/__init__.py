@@ -1,8 +1,10 @@
 """Model registry and factory (built-in CNNs, timm, torchvision), antialiasing, weights I/O."""
 
 from .antialias import antialias, antialias_plan
+from .antialias_methods import register_antialias
 from .blur import BlurDownsample
 from .cnn import CNN  # importing models.cnn registers the built-ins
+from .downsampling import register_downsample
 from .factory import build, describe, model_config
 from .polyphase import PolyphaseDownsample
 from .registry import list_models, register_model
@@ -21,5 +23,7 @@ __all__ = [
     "list_models",
     "load_weights",
     "model_config",
+    "register_antialias",
+    "register_downsample",
     "register_model",
 ]

@@ -14,7 +14,8 @@ Rules (``s`` = stride > 1):
 ``method="maxblur"`` applies the two pooling rules only (kornia's ``MaxBlurPool2D`` for max-pools)
 and leaves strided convs alone: the "antialias the pools only" ablation. ``method="aps"``
 replaces each subsampling by a stride-1 blur (circular padding; none when
-``filt_size=1``) and :class:`~models.polyphase.PolyphaseDownsample`.
+``filt_size=1``) and :class:`~models.polyphase.PolyphaseDownsample`. Methods are entries of
+``models.antialias_methods`` (add one with ``register_antialias``).
 
 State-dict keys do not change: a strided conv or max-pool keeps its identity and parameters, only
 its class gains a ``downsample`` child and its stride becomes 1 (the child holds non-persistent
@@ -29,10 +30,8 @@ from functools import cache
 import torch
 from torch import nn
 
+from .antialias_methods import ANTIALIAS_METHODS, get_antialias
 from .blur import BlurDownsample
-from .polyphase import PolyphaseDownsample
-
-METHODS = ("none", "blur", "maxblur", "aps")
 
 
 class DownsampleAfter:
@@ -103,20 +102,8 @@ def describe_layer(module: nn.Module) -> str:
     return f"{name}(k{k}, s{_stride(module)})"
 
 
-def _downsampler(method: str, stride: int, filt_size: int, pad_mode: str) -> nn.Module:
-    if method == "aps":
-        if filt_size == 1:
-            return PolyphaseDownsample(stride)
-        return nn.Sequential(BlurDownsample(1, filt_size, "circular"), PolyphaseDownsample(stride))
-    return BlurDownsample(stride, filt_size, pad_mode)
-
-
 def _rewrite_text(kind: str, method: str, stride: int, filt_size: int, pad_mode: str) -> str:
-    if method == "aps":
-        blur = f"Blur(k{filt_size}, s1, circular) + " if filt_size > 1 else ""
-        down = f"{blur}APS(s{stride})"
-    else:
-        down = f"Blur(k{filt_size}, s{stride}, {pad_mode})"
+    down = get_antialias(method).describe(stride, filt_size, pad_mode)
     if kind == "avgpool":
         return down
     return f"{'Conv2d' if kind == 'conv' else 'MaxPool2d'}(s1) + {down}"
@@ -127,7 +114,9 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _rewritten_by(method: str, module: nn.Module) -> bool:
-    return method != "none" and not (method == "maxblur" and isinstance(module, nn.Conv2d))
+    if method == "none":
+        return False
+    return get_antialias(method).convs or not isinstance(module, nn.Conv2d)
 
 
 def _probe_input_sizes(
@@ -171,8 +160,9 @@ def _skipped(model: nn.Module, modules: list[tuple[str, nn.Module]], input_size:
 
 
 def _check(method: str, filt_size: int, pad_mode: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"antialias method must be one of {METHODS}, got {method!r}.")
+    if method != "none" and method not in ANTIALIAS_METHODS:
+        choices = ", ".join(["none", *ANTIALIAS_METHODS.names()])
+        raise ValueError(f"antialias method must be one of {choices}, got {method!r}.")
     if not 1 <= filt_size <= 7:
         raise ValueError(f"filt_size must be in 1..7, got {filt_size}.")
     BlurDownsample(1, 1, pad_mode)  # validates pad_mode
@@ -247,7 +237,7 @@ def antialias(
     for name, m, kept in _targets(model, method, skip_first, input_size):
         if kept:
             continue
-        down = _downsampler(method, _stride(m), filt_size, pad_mode)
+        down = get_antialias(method).downsampler(_stride(m), filt_size, pad_mode)
         if param is not None:
             down = down.to(device=param.device)
         if isinstance(m, nn.AvgPool2d):

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .downsampling import get_downsample, register_downsample
 from .registry import register_model
 
-DOWNSAMPLE_KINDS = ("conv", "maxpool", "avgpool", "none")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
@@ -88,6 +88,27 @@ def pool_layer(kind: str, kernel: int, stride: int, padding_mode: str) -> nn.Mod
     return pool_cls(kernel, stride, padding_mode)
 
 
+@register_downsample("conv")
+def _conv_down(ch: int, kernel: int, stride: int, padding_mode: str, norm: str) -> nn.Module:
+    """A strided conv-norm-ReLU block."""
+    return conv_block(ch, ch, kernel, stride, padding_mode, norm)
+
+
+@register_downsample("maxpool")
+def _max_down(ch: int, kernel: int, stride: int, padding_mode: str, norm: str) -> nn.Module:
+    return pool_layer("maxpool", kernel, stride, padding_mode)
+
+
+@register_downsample("avgpool")
+def _avg_down(ch: int, kernel: int, stride: int, padding_mode: str, norm: str) -> nn.Module:
+    return pool_layer("avgpool", kernel, stride, padding_mode)
+
+
+@register_downsample("none")
+def _no_down(ch: int, kernel: int, stride: int, padding_mode: str, norm: str) -> None:
+    return None
+
+
 class CNN(nn.Module):
     """``len(widths)`` stages of ``depth`` conv3x3 blocks; downsampling between stages.
 
@@ -95,7 +116,8 @@ class CNN(nn.Module):
         widths: channels of each stage.
         depth: conv3x3-norm-ReLU blocks per stage.
         downsample: ``conv`` (a strided conv block, kernel ``down_kernel``), ``maxpool``,
-            ``avgpool`` (kernel ``down_kernel``) or ``none``; stride ``down_stride``.
+            ``avgpool`` (kernel ``down_kernel``), ``none`` or a kind registered with
+            ``models.register_downsample``; stride ``down_stride``.
         padding_mode: padding of every conv and pooling layer (zeros, reflect, replicate,
             circular). Pools pad 'same'-style (total ``down_kernel - 1``): their output is
             ``ceil(H / down_stride)`` like the strided conv's.
@@ -120,8 +142,7 @@ class CNN(nn.Module):
         input_size: int = 32,
     ) -> None:
         super().__init__()
-        if downsample not in DOWNSAMPLE_KINDS:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLE_KINDS}, got {downsample!r}.")
+        make_down = get_downsample(downsample)
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
         if head not in ("gap", "flatten"):
@@ -133,12 +154,9 @@ class CNN(nn.Module):
         stages: OrderedDict[str, nn.Module] = OrderedDict()
         ch = in_chans
         for i, width in enumerate(widths):
-            if i > 0 and downsample == "conv":
-                stages[f"down{i}"] = conv_block(
-                    ch, ch, down_kernel, down_stride, padding_mode, norm
-                )
-            elif i > 0 and downsample in ("maxpool", "avgpool"):
-                stages[f"down{i}"] = pool_layer(downsample, down_kernel, down_stride, padding_mode)
+            down = make_down(ch, down_kernel, down_stride, padding_mode, norm) if i > 0 else None
+            if down is not None:
+                stages[f"down{i}"] = down
             stages[f"stage{i}"] = nn.Sequential(
                 *[
                     conv_block(ch if j == 0 else width, width, 3, 1, padding_mode, norm)

@@ -3,16 +3,16 @@ weights, and the small-input stem rewrite for 16-64 px images."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from torch import nn
 
 from train.config import ConfigError
+from train.suggest import close_matches
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close = close_matches(name, known, n=3)
     hint = f" Closest: {', '.join(close)}." if close else ""
     return ConfigError(f"Unknown {kind} model '{name}'.{hint}")
 

@@ -2,48 +2,59 @@
 
 An entrypoint is called as ``fn(num_classes=..., in_chans=..., **arch)`` where ``arch`` holds the
 architecture knobs of ``cfg.model`` (widths, depth, downsample, ...) and ``cfg.model.kwargs``.
+Names follow the rule of :class:`train.registry.Registry` (sorted listing, duplicates refused
+unless ``override=True``).
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
+from typing import overload
 
 from torch import nn
 
-from train.config import ConfigError
+from train.registry import Registry
 
 EXTERNAL_PREFIXES = ("timm:", "tv:")
 
-_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+ModelFn = Callable[..., nn.Module]
+MODELS: Registry[ModelFn] = Registry(
+    "model",
+    hint=" Any timm or torchvision model works with a prefix: 'timm:resnet18', 'tv:resnet18'.",
+)
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its function name."""
-    name = fn.__name__
-    if name in _ENTRYPOINTS and _ENTRYPOINTS[name] is not fn:
-        raise ValueError(f"Model '{name}' is already registered.")
-    _ENTRYPOINTS[name] = fn
-    return fn
+@overload
+def register_model(fn: ModelFn, *, name: str | None = None, override: bool = False) -> ModelFn: ...
+@overload
+def register_model(
+    fn: None = None, *, name: str | None = None, override: bool = False
+) -> Callable[[ModelFn], ModelFn]: ...
+def register_model(
+    fn: ModelFn | None = None, *, name: str | None = None, override: bool = False
+) -> ModelFn | Callable[[ModelFn], ModelFn]:
+    """Register a model factory under ``name`` (default: its function name).
+
+    Use bare (``@register_model``) or with arguments (``@register_model(name="x")``).
+    """
+    deco = MODELS.register(name, override=override)
+    return deco(fn) if fn is not None else deco
 
 
 def list_models() -> list[str]:
     """Names of the registered built-in models, sorted."""
-    return sorted(_ENTRYPOINTS)
+    return MODELS.names()
 
 
 def is_model(name: str) -> bool:
-    return name in _ENTRYPOINTS
+    return name in MODELS
 
 
-def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+def is_external(name: str) -> bool:
+    """A ``timm:<name>`` or ``tv:<name>`` model (validated when built, not registered)."""
+    return name.startswith(EXTERNAL_PREFIXES)
+
+
+def model_entrypoint(name: str) -> ModelFn:
     """The factory function of a built-in model; ``ConfigError`` naming the closest on a miss."""
-    if name in _ENTRYPOINTS:
-        return _ENTRYPOINTS[name]
-    close = difflib.get_close_matches(name, list(_ENTRYPOINTS), n=1, cutoff=0.4)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(
-        f"Unknown model 'model.name={name}'.{hint} Registered built-ins: "
-        f"{', '.join(list_models())}. Any timm or torchvision model works with a prefix: "
-        "'timm:resnet18', 'tv:resnet18'."
-    )
+    return MODELS.get(name, "model.name")

@@ -347,7 +347,7 @@ def test_centre_crop_of_a_heldout_rendering_is_the_train_size_window():
     small_params = draw_split_params(p, S, 0, "typical", 0, 32)
     big = composite(objects, *big_params, S + 2 * M, 0.6 * S)
     small = composite(objects, *small_params, S, 0.6 * S)
-    diff = (center_crop(big, M).int() - small.int()).abs()
+    diff = (center_crop(big, S).int() - small.int()).abs()
     assert diff.max() <= 1  # identical up to float rounding
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 import models
 from models.cnn import CNN
-from models.registry import _ENTRYPOINTS
+from models.registry import MODELS
 from train.config import ConfigError, load_config
 
 
@@ -37,7 +37,7 @@ def test_registry_lists_and_registers() -> None:
         assert "_probe_net" in models.list_models()
         assert models.build({"name": "_probe_net"}, 4)(_x()).shape == (2, 4)
     finally:
-        _ENTRYPOINTS.pop("_probe_net")
+        MODELS.remove("_probe_net")
 
 
 @pytest.mark.parametrize(

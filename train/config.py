@@ -7,7 +7,6 @@ make in a config is raised as :class:`ConfigError` with a message that names the
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import types
@@ -25,6 +24,7 @@ from omegaconf.errors import (
 )
 
 from train.files import atomic_write_text
+from train.suggest import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -122,7 +122,7 @@ class DataConfig:
 # -------------------------------------------------------------------------------------- model
 @dataclass
 class AntialiasConfig:
-    method: str = "none"  # none | blur | maxblur | aps
+    method: str = "none"  # none | blur | maxblur | aps | a registered method
     filt_size: int = 4
     pad_mode: str = "reflect"  # reflect | replicate | circular | zeros
     skip_first: bool = False
@@ -134,7 +134,7 @@ class ModelConfig:
     name: str = "cnn"  # a registered built-in, "timm:<name>" or "tv:<name>"
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])
     depth: int = 1  # conv blocks per stage
-    downsample: str = "conv"  # conv | maxpool | avgpool | none (between stages)
+    downsample: str = "conv"  # conv | maxpool | avgpool | none | registered (between stages)
     down_kernel: int = 3
     down_stride: int = 2
     padding_mode: str = "zeros"  # zeros | reflect | replicate | circular
@@ -268,6 +268,8 @@ class Config:
     name: str = "default"
     seed: int = 0
     out_dir: str = "runs"
+    # Modules imported before validation: they register their own sources, models, presets, ...
+    plugins: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -277,36 +279,22 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-# Allowed values of string-valued keys. Other modules validate their own open sets (model names,
-# kornia op names) when they build.
-SOURCES = (
-    "shapes",
-    "digits",
-    "mnist",
-    "fashion_mnist",
-    "cifar10",
-    "cifar100",
-    "svhn",
-    "stl10",
-    "folder",
-)
+# Allowed values of string-valued keys. Names of sources, models, augmentation presets,
+# antialiasing methods and downsampling layers are checked against their registries
+# (_check_registered, plug-ins included); kornia op names when the ops are built.
 POSITIONS = ("gaussian", "uniform", "ring", "center")
 BACKGROUNDS = ("flat", "noise", "texture")
 APPEARANCES = ("colour", "classic")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": SOURCES,
-    "data.heldout.*.source": SOURCES,
     "data.placement.position": POSITIONS,
     "data.heldout.*.position": POSITIONS,
     "data.placement.background": BACKGROUNDS,
     "data.heldout.*.background": BACKGROUNDS,
     "data.placement.appearance": APPEARANCES,
     "data.heldout.*.appearance": APPEARANCES,
-    "model.downsample": ("conv", "maxpool", "avgpool", "none"),
     "model.padding_mode": ("zeros", "reflect", "replicate", "circular"),
     "model.norm": ("batch", "none"),
     "model.head": ("gap", "flatten"),
-    "model.antialias.method": ("none", "blur", "maxblur", "aps"),
     "model.antialias.pad_mode": ("reflect", "replicate", "circular", "zeros"),
     "augment.pad_fill": ("reflect", "zeros", "background"),
     "optim.optimizer": ("sgd", "adamw"),
@@ -346,11 +334,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def schema() -> DictConfig:
     """The full default config (every knob with its default)."""
     return OmegaConf.structured(Config)
-
-
-def _suggest(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def _schema_type(full_key: str) -> Any:
@@ -411,7 +394,7 @@ def _translate(err: OmegaConfBaseException, source: str) -> ConfigError:
                 return ConfigError(f"Config key '{full_key}'{where} was replaced: {new}.")
         leaf = full_key.rsplit(".", 1)[-1]
         valid = _parent_keys(full_key)
-        hint = _suggest(leaf, valid)
+        hint = did_you_mean(leaf, valid)
         listing = f" Valid keys here: {', '.join(valid)}." if valid else ""
         return ConfigError(f"Unknown config key '{full_key}'{where}.{hint}{listing}")
     if isinstance(err, (ValidationError, ConfigTypeError)) and full_key:
@@ -469,21 +452,21 @@ def _check_choices(cfg: DictConfig) -> None:
             value = OmegaConf.select(cfg, k)
             if value is not None and value not in allowed:
                 raise ConfigError(
-                    f"Invalid value {value!r} for '{k}'.{_suggest(str(value), list(allowed))} "
+                    f"Invalid value {value!r} for '{k}'.{did_you_mean(value, allowed)} "
                     f"Choose one of: {', '.join(allowed)}."
                 )
     splits = ("train", "val", *cfg.data.heldout)
     for value in cfg.eval.splits or []:
         if value not in splits:
             raise ConfigError(
-                f"Invalid entry {value!r} in 'eval.splits'.{_suggest(str(value), list(splits))} "
+                f"Invalid entry {value!r} in 'eval.splits'.{did_you_mean(value, splits)} "
                 f"Choose from: {', '.join(splits)} (held-out splits are defined in data.heldout)."
             )
     for key, allowed in LIST_CHOICES.items():
         for value in OmegaConf.select(cfg, key) or []:
             if value not in allowed:
                 raise ConfigError(
-                    f"Invalid entry {value!r} in '{key}'.{_suggest(str(value), list(allowed))} "
+                    f"Invalid entry {value!r} in '{key}'.{did_you_mean(value, allowed)} "
                     f"Choose from: {', '.join(allowed)}."
                 )
 
@@ -712,13 +695,44 @@ def _check_trainer(cfg: DictConfig) -> None:
             )
         if key not in valid:
             raise ConfigError(
-                f"Unknown Lightning Trainer argument 'trainer.{key}'.{_suggest(key, valid)} "
+                f"Unknown Lightning Trainer argument 'trainer.{key}'.{did_you_mean(key, valid)} "
                 f"See `lightning.pytorch.Trainer` for the accepted arguments."
             )
 
 
+def _check_registered(cfg: DictConfig) -> None:
+    """Names of registry entries (built-ins and plug-ins) exist in their registry."""
+    import augment  # noqa: F401  (importing the packages registers the built-ins)
+    import models  # noqa: F401
+    import train.data  # noqa: F401
+    from augment.registry import PRESETS
+    from models.antialias_methods import ANTIALIAS_METHODS
+    from models.downsampling import DOWNSAMPLERS
+    from models.registry import MODELS, is_external
+    from train.data.registry import SOURCES
+
+    sources = {"data.source": cfg.data.source}
+    for split, spec in cfg.data.heldout.items():
+        sources[f"data.heldout.{split}.source"] = spec.source
+    for key, name in sources.items():
+        if name is not None:
+            SOURCES.get(name, key)
+    if not is_external(cfg.model.name):
+        MODELS.get(cfg.model.name, "model.name")
+    for name in cfg.augment.presets:
+        PRESETS.get(name, "augment.presets")
+    DOWNSAMPLERS.get(cfg.model.downsample, "model.downsample")
+    if cfg.model.antialias.method != "none":
+        ANTIALIAS_METHODS.get(cfg.model.antialias.method, "model.antialias.method")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
-    """Checks beyond types: allowed values, ranges, Trainer arguments."""
+    """Checks beyond types: plug-ins import, registered names, allowed values, ranges, Trainer
+    arguments."""
+    from train.plugins import import_plugins
+
+    import_plugins(cfg.plugins)
+    _check_registered(cfg)
     _check_choices(cfg)
     _check_ranges(cfg)
     _check_trainer(cfg)

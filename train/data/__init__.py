@@ -1,7 +1,7 @@
 """Data: object sources, canvas rendering with placement distributions, the datamodule."""
 
 from train.data import digits, folder, shapes, torchvision_sources  # noqa: F401  (register sources)
-from train.data.datamodule import InvDataModule, SplitData, build_datamodule, center_crop
+from train.data.datamodule import InvDataModule, SplitData, build_datamodule
 from train.data.registry import (
     ArrayPool,
     ObjectPool,
@@ -11,6 +11,7 @@ from train.data.registry import (
     list_sources,
     register_source,
 )
+from train.imageops import center_crop
 
 __all__ = [
     "ArrayPool",

@@ -35,13 +35,13 @@ from train.data.placement import FrameRule
 from train.data.registry import ObjectPool, Source, build_source
 from train.data.render import Scene, render_scene, render_split, resize_split
 from train.data.sampler import EpochSeededSampler
+from train.imageops import center_crop
 
 __all__ = [
     "InvDataModule",
     "SplitData",
     "allocate_instances",
     "build_datamodule",
-    "center_crop",
     "describe_placement",
 ]
 
@@ -67,13 +67,6 @@ class SplitData:
         if self.scene is None:
             return None
         return torch.as_tensor(self.scene.boxes(), dtype=torch.float64)
-
-
-def center_crop(images: Tensor, margin: int) -> Tensor:
-    """The central window of a margin-padded batch (the model input)."""
-    if margin == 0:
-        return images
-    return images[..., margin:-margin, margin:-margin]
 
 
 def describe_placement(p: PlacementConfig) -> str:
@@ -352,7 +345,7 @@ class InvDataModule(L.LightningDataModule):
         """Centre-cropped (model-input window) batches of a split, in order."""
         if split not in self._eval_sets:
             s = self.split(split)
-            window = center_crop(s.images, s.margin).contiguous()
+            window = center_crop(s.images, s.images.shape[-1] - 2 * s.margin).contiguous()
             self._eval_sets[split] = TensorDataset(window, s.labels)
         return self._loader(self._eval_sets[split], False, batch_size)
 

@@ -7,7 +7,6 @@ by instance index; the train and held-out pools of a source never share an insta
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train.config import ConfigError, DataConfig
+from train.config import DataConfig
+from train.registry import Registry
 
 __all__ = [
     "ArrayPool",
@@ -111,27 +111,22 @@ class Source:
 
 
 SourceLoader = Callable[[DataConfig, int], Source]
-_SOURCES: dict[str, SourceLoader] = {}
+SOURCES: Registry[SourceLoader] = Registry("data source")
 
 
-def register_source(name: str) -> Callable[[SourceLoader], SourceLoader]:
-    def deco(fn: SourceLoader) -> SourceLoader:
-        _SOURCES[name] = fn
-        return fn
+def register_source(name: str, *, override: bool = False) -> Callable[[SourceLoader], SourceLoader]:
+    """Decorator: ``@register_source("mydata") def load(cfg: DataConfig, seed: int) -> Source``.
 
-    return deco
+    Names follow :class:`train.registry.Registry` (duplicates refused unless ``override=True``).
+    """
+    return SOURCES.register(name, override=override)
 
 
 def list_sources() -> list[str]:
-    return sorted(_SOURCES)
+    """Names of the registered sources, sorted."""
+    return SOURCES.names()
 
 
 def build_source(name: str, cfg: DataConfig, seed: int) -> Source:
-    """Load a registered source by name (``data.source`` / ``data.atypical_source``)."""
-    if name not in _SOURCES:
-        close = difflib.get_close_matches(name, list(_SOURCES), n=1, cutoff=0.5)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(
-            f"Unknown data source {name!r}.{hint} Choose one of: {', '.join(list_sources())}."
-        )
-    return _SOURCES[name](cfg, seed)
+    """Load a registered source by name (``data.source`` / ``data.heldout.<split>.source``)."""
+    return SOURCES.get(name, "data.source")(cfg, seed)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from train.data.datamodule import InvDataModule
+from train.figures import new_figure, save_figure
 
 
 def save_split_grid(dm: InvDataModule, path: str | Path, n: int = 10) -> Path:
@@ -16,14 +17,10 @@ def save_split_grid(dm: InvDataModule, path: str | Path, n: int = 10) -> Path:
     The model-input window of held-out images is outlined, so the margin that shift evaluation
     crops from is visible.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     dm.setup()
     splits = [s for s in dm.split_names if len(dm.split(s).labels) > 0]
     size = max(dm.split(s).images.shape[-1] for s in splits)
-    fig = Figure(figsize=(1.0 * n + 1.2, 1.15 * len(splits) + 0.4), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(1.0 * n + 1.2, 1.15 * len(splits) + 0.4)
     axes = fig.subplots(len(splits), 1, squeeze=False)[:, 0]
     for ax, name in zip(axes, splits, strict=True):
         data = dm.split(name)
@@ -50,11 +47,7 @@ def save_split_grid(dm: InvDataModule, path: str | Path, n: int = 10) -> Path:
         "splits (orange box: model input; outside it, the margin used by shift evaluation)",
         size=9,
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def _rect(x: float, y: float, side: float, color: str, lw: float):

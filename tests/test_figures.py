@@ -1,0 +1,41 @@
+"""The one figure helper: no global backend switch, atomic PNG writes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+from tests.conftest import REPO
+from train.figures import new_figure, save_figure
+
+
+def test_saved_png_has_the_requested_size_and_replaces_atomically(tmp_path: Path) -> None:
+    fig = new_figure(2.0, 1.0, dpi=40)
+    fig.add_subplot().plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "sub" / "a.png", dpi=50)
+    assert imread(path).shape[:2] == (50, 100)  # 1 x 2 inches at 50 dpi
+    assert imread(save_figure(fig, path)).shape[:2] == (40, 80)  # the figure's own dpi
+    before = path.read_bytes()
+    broken = new_figure(2.0, 1.0)
+    broken.add_subplot().text(0, 0, "$\\unknowncommand$")  # mathtext fails while drawing
+    with pytest.raises(ValueError):
+        save_figure(broken, path)
+    assert path.read_bytes() == before and [p.name for p in path.parent.iterdir()] == ["a.png"]
+
+
+def test_importing_plotting_modules_leaves_the_users_backend_alone() -> None:
+    """A notebook's or script's matplotlib backend stays what the user chose (here svg)."""
+    code = (
+        "import matplotlib, eval.plots, eval.study, eval.compare, augment.show, train.data.show; "
+        "print(matplotlib.rcParams['backend'])"
+    )
+    env = {"PYTHONPATH": str(REPO), "MPLBACKEND": "svg"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().lower() == "svg"
