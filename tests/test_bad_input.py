@@ -75,6 +75,7 @@ ROWS = [
     Row("freeze-no-match", ("finetune", "{ckpt}", "model.freeze=[nope.*]"), "matches no parameter"),
     Row("lr-mult-no-match", ("finetune", "{ckpt}", "optim.lr_mult={'head.*': 10}"), "matches no"),
     Row("lr-mult-negative", ("fit", "{fit}", "optim.lr_mult={'fc.*': -1}"), "must be >= 0"),
+    Row("onecycle-too-short", ("fit", "{fit}", "optim.schedule=onecycle"), "at least 4 optimizer"),
     Row("export-suffix", ("export", "{ckpt}", "{files}/w.pt"), "must end in .safetensors"),
     Row("export-exists", ("export", "{ckpt}", "{files}/taken.safetensors"), "already exists"),
     Row("export-bare-weights", ("export", "{files}/bare.pt", "{files}/b.safetensors"), "`invlab"),

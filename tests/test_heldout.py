@@ -223,3 +223,21 @@ def test_truncated_gaussian_stays_within_max_offset() -> None:
     offsets = sample_offsets(p, 5000, np.random.default_rng(0))
     r = np.hypot(*offsets.T)
     assert r.max() <= 2.5 and r.mean() > 1.2  # truncated, not collapsed to the centre
+
+
+def test_an_object_too_wide_for_every_position_redraws_its_scale_within_the_range() -> None:
+    """A ring 5-6 px off-centre holds objects at scale 0.7 but not at 1.3 (shifts of 4 px): wide
+    draws get a new (position, scale) from the split's own distribution instead of failing."""
+    from train.data.placement import MAX_ROUNDS, FrameRule
+
+    dm = _dm("data.heldout.position.radius_px=[5,6]", "data.heldout.position.scale=[0.7,1.3]")
+    scene = dm.split("position").scene
+    rule = FrameRule(S, M, float(dm.cfg.data.frame_scale))
+    assert rule.inside(scene.offset, scene.extents).all()
+    assert (scene.scale >= 0.7 - 1e-9).all() and (scene.scale <= 1.3 + 1e-9).all()
+    r = np.hypot(*scene.offset.T)
+    assert (r >= 5 - 1e-9).all() and (r <= 6 + 1e-9).all()
+    rescaled = scene.redrawn > MAX_ROUNDS  # these needed a new scale
+    assert rescaled.any() and (scene.redrawn >= 0).all()
+    # the redrawn scales are the ones that fit: smaller than the widest scale ever kept
+    assert scene.scale[rescaled].max() < 1.3

@@ -11,6 +11,7 @@ Run directory ``<out_dir>/<name>/``: ``config.yaml``, ``checkpoints/{last,best-*
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -148,6 +149,33 @@ def check_trainer(trainer_kwargs: dict[str, Any]) -> None:
         quiet.setLevel(level)
 
 
+def check_schedule(cfg: Config, n_train: int, trainer_kwargs: dict[str, Any]) -> None:
+    """``optim.schedule=onecycle`` needs at least 4 optimizer steps (one in each phase): checked
+    from the data and the trainer settings before the run dir exists (the module checks the
+    exact count again once Lightning knows it)."""
+    if cfg.optim.schedule != "onecycle":
+        return
+    batches = math.ceil(n_train / int(cfg.data.batch_size))
+    limit = trainer_kwargs.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    per_epoch = batches // int(trainer_kwargs.get("accumulate_grad_batches") or 1)
+    epochs = trainer_kwargs.get("max_epochs")
+    steps = per_epoch * (1000 if epochs is None or epochs < 0 else int(epochs))
+    max_steps = trainer_kwargs.get("max_steps")
+    if max_steps is not None and max_steps > 0:
+        steps = min(steps, int(max_steps))
+    if steps < 4:
+        raise ConfigError(
+            f"optim.schedule=onecycle needs at least 4 optimizer steps, but this run makes {steps} "
+            f"({n_train} training images, data.batch_size={cfg.data.batch_size}, "
+            f"trainer.max_epochs={epochs}). Train longer (trainer.max_epochs), use a smaller "
+            f"data.batch_size, or choose optim.schedule=cosine."
+        )
+
+
 def _augment_summary(cfg: Config) -> dict[str, Any]:
     """What training augmentation did, for reports (the fill decides what borders looked like)."""
     a = cfg.augment
@@ -197,6 +225,7 @@ def fit(
     if cfg.data.n_val == 0:
         trainer_kwargs.setdefault("limit_val_batches", 0)
     check_trainer(trainer_kwargs)
+    check_schedule(cfg, len(dm.split("train").labels), trainer_kwargs)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Built before the run dir: init_from, model.freeze and optim.lr_mult are checked first.
     model = Classifier(cfg, num_classes=dm.num_classes)

@@ -193,7 +193,7 @@ def composite(
 
 
 def _keep_in_frame(
-    scene_offset: np.ndarray,
+    place: Placement,
     extents: np.ndarray,
     frame: FrameRule,
     placement: PlacementConfig,
@@ -201,22 +201,31 @@ def _keep_in_frame(
     split: str,
     start: int,
 ) -> np.ndarray:
-    """Redraw the positions of images ``start + i`` whose object would leave the frame; returns
-    the number of rejected draws per image. Round ``r`` of block ``b`` draws a whole block from
-    its own generator, so an image's result does not depend on the chunk it is rendered in."""
-    redrawn = np.zeros(len(scene_offset), dtype=np.int64)
-    bad = ~frame.inside(scene_offset, extents)
-    for rnd in range(1, MAX_ROUNDS + 1):
+    """Redraw the placements of images ``start + i`` whose object would leave the frame (in
+    place: ``place`` and ``extents``); returns the number of rejected draws per image (-1: could
+    not be placed). Positions are redrawn first; an object that fits at no position at its scale
+    (a rare wide instance) then redraws position and scale together, both still from the split's
+    distribution. Round ``r`` of block ``b`` draws a whole block from its own generator, so an
+    image's result does not depend on the chunk it is rendered in."""
+    redrawn = np.zeros(len(place.offset), dtype=np.int64)
+    bad = ~frame.inside(place.offset, extents)
+    for rnd in range(1, 2 * MAX_ROUNDS + 1):
         if not bad.any():
             break
         redrawn += bad
         idx = np.flatnonzero(bad)
         blocks = (start + idx) // BLOCK
         for block in np.unique(blocks):
-            draws = sample_offsets(placement, BLOCK, _rng(seed, 0xF4A, split, int(block), rnd))
             sel = idx[blocks == block]
-            scene_offset[sel] = draws[(start + sel) % BLOCK]
-        bad[idx] = ~frame.inside(scene_offset[idx], extents[idx])
+            at = (start + sel) % BLOCK
+            if rnd <= MAX_ROUNDS:
+                draws = sample_offsets(placement, BLOCK, _rng(seed, 0xF4A, split, int(block), rnd))
+                place.offset[sel] = draws[at]
+            else:
+                both = sample_placement(placement, BLOCK, _rng(seed, 0xF4B, split, int(block), rnd))
+                extents[sel] *= (both.scale[at] / place.scale[sel])[:, None]  # proportional
+                place.offset[sel], place.scale[sel] = both.offset[at], both.scale[at]
+        bad[idx] = ~frame.inside(place.offset[idx], extents[idx])
     redrawn[bad] = -1  # could not be placed
     return redrawn
 
@@ -256,7 +265,7 @@ def render_split(
         ext = object_extents(objects, place.scale * object_px)
         count = np.zeros(stop - start, dtype=np.int64)
         if frame is not None:
-            count = _keep_in_frame(place.offset, ext, frame, placement, seed, split, start)
+            count = _keep_in_frame(place, ext, frame, placement, seed, split, start)
         offsets.append(place.offset)
         scales.append(place.scale)
         extents.append(ext)
