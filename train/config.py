@@ -109,6 +109,9 @@ class DataConfig:
     n_val: int = 500
     batch_size: int = 128
     num_workers: int = 0
+    # Training batches sliced by index from the uint8 split held on the training device (no
+    # DataLoader): auto (when it fits, see train.data.device_loader) | true | false.
+    on_device: str = "auto"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     # The training distribution (also that of `val` and the `typical` held-out split).
@@ -143,6 +146,8 @@ class ModelConfig:
     pretrained: Optional[str] = None  # a local weights file (never downloaded)
     init_from: Optional[str] = None  # a checkpoint whose weights initialise the model
     channels_last: bool = False
+    compile: bool = False  # torch.compile the network (state-dict keys unchanged)
+    compile_backend: str = "inductor"  # torch.compile backend (e.g. aot_eager to debug)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm/torchvision
     antialias: AntialiasConfig = field(default_factory=AntialiasConfig)
 
@@ -292,6 +297,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.heldout.*.background": BACKGROUNDS,
     "data.placement.appearance": APPEARANCES,
     "data.heldout.*.appearance": APPEARANCES,
+    "data.on_device": ("auto", "true", "false"),
     "model.downsample": ("conv", "maxpool", "avgpool", "none"),
     "model.padding_mode": ("zeros", "reflect", "replicate", "circular"),
     "model.norm": ("batch", "none"),
@@ -614,6 +620,8 @@ def _check_trainer(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Checks beyond types: allowed values, ranges, Trainer arguments."""
+    if isinstance(cfg.data.on_device, str):  # YAML `true` arrives in a str field as "True"
+        cfg.data.on_device = cfg.data.on_device.lower()
     _check_choices(cfg)
     _check_ranges(cfg)
     _check_trainer(cfg)
