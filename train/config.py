@@ -618,6 +618,20 @@ def _check_trainer(cfg: DictConfig) -> None:
             )
 
 
+def _check_compile(cfg: DictConfig) -> None:
+    if not cfg.model.compile:
+        return
+    import torch
+
+    if cfg.model.compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+        common = torch.compiler.list_backends()  # without debugging backends
+        raise ConfigError(
+            f"Unknown 'model.compile_backend' {cfg.model.compile_backend!r}."
+            f"{_suggest(cfg.model.compile_backend, common)} Choose one of: "
+            f"{', '.join(common)} (torch.compiler.list_backends()), or model.compile=false."
+        )
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Checks beyond types: allowed values, ranges, Trainer arguments."""
     if isinstance(cfg.data.on_device, str):  # YAML `true` arrives in a str field as "True"
@@ -625,6 +639,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_choices(cfg)
     _check_ranges(cfg)
     _check_trainer(cfg)
+    _check_compile(cfg)
     return cfg
 
 
