@@ -148,6 +148,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer`.*")
     trials = 1 if args.quick else args.trials
     overrides = [
         f"trainer.max_epochs={max(2, args.epochs)}",
