@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--timm-batch", type=int, default=32, help="batch of timm resnet18")
     parser.add_argument("--trial-s", type=float, default=1.5, help="seconds per variant and trial")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile lever")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one trial")
@@ -128,19 +129,22 @@ def main() -> None:
     print(machine())
     print(
         f"claim: a training step reaches a small fraction of the machine's fp32 limit; "
-        f"{trials} interleaved trial(s), batch {batch} x 3 x {size} x {size}, min / median / max"
+        f"{trials} interleaved trial(s), inputs of 3 x {size} x {size}, min / median / max"
     )
     print("machine's limit (best of trials): " + ", ".join(
         f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in limit.items()
     ))  # fmt: skip
 
     widths = "[8,16]" if args.quick else "[32,64,128]"
-    nets = {
-        "default cnn": load_config(overrides=[f"model.widths={widths}"]).model,
-        "timm resnet18": {"name": "timm:resnet18", "small_input": True},
+    nets = {  # name: (model config, batch)
+        "default cnn": (load_config(overrides=[f"model.widths={widths}"]).model, batch),
+        "timm resnet18": (
+            {"name": "timm:resnet18", "small_input": True},
+            batch if args.quick else args.timm_batch,
+        ),
     }
     best: dict[str, tuple[str, float, float]] = {}
-    for name, cfg in nets.items():
+    for name, (cfg, batch) in nets.items():
         base = models.build(cfg, num_classes=10).to(device).train()
         x = torch.rand(batch, 3, size, size, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
@@ -171,7 +175,8 @@ def main() -> None:
 
         rates = interleaved({k: runner(v) for k, v in variants.items()}, trials)
         print(
-            f"\n{name}: {flops / batch / 1e6:.1f} MFLOP per image per step (forward + backward), "
+            f"\n{name}, batch {batch}: {flops / batch / 1e6:.1f} MFLOP per image per step "
+            f"(forward + backward), "
             f"{repeat} steps per trial, warm-up and compilation {warm:.0f} s"
         )
         print(f"{'lever':<24}{'img/s (min / median / max)':>28}{'GFLOP/s':>9}{'of limit':>10}"
