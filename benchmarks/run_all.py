@@ -28,7 +28,7 @@ REPO = HERE.parent
 FULL_ARGS = {
     "antialias_cost": ["--batch", "32", "--trials", "3", "--min-trial-s", "1"],
     "augment_overhead": ["--trials", "5"],
-    "fit_overhead": ["--trials", "3", "--epochs", "2"],
+    "fit_overhead": ["--trials", "3", "--epochs", "2", "--threads", "1"],
     "render_speed": ["--n", "2000", "--trials", "2"],
     "utilization": ["--trials", "3", "--timm-batch", "16"],
 }
