@@ -40,7 +40,8 @@ def use_on_device(setting: str, nbytes: int, device: torch.device) -> bool:
     ``true``/``false``: as set. ``auto``: on CPU always (the split already lives in host memory,
     so this costs no memory and only skips per-sample collation); on an accelerator when the
     split's ``nbytes`` are below ``MEMORY_FRACTION`` of its free memory, else (and where torch
-    cannot report free memory) the DataLoader path with pinned memory.
+    cannot report free memory) the DataLoader path with pinned memory. ``data.num_workers``
+    applies to the DataLoader path only.
     """
     if setting in ("true", "false"):
         return setting == "true"
