@@ -30,8 +30,8 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: setup
-	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+bench: setup  ## every benchmark, side by side; writes benchmarks/RESULTS.md
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -6,7 +6,7 @@ batch. Steps and augmentations are timed interleaved in the same run (one step, 
 preset, per trial), so machine load affects both alike; medians over the trials are reported.
 Target: ``heavy`` at most 25% of a step on a 2-core CPU.
 
-Run: ``.venv/bin/python benchmarks/augment_overhead.py [--trials 7] [--batch 256] [--size 32]``
+Run: ``.venv/bin/python benchmarks/augment_overhead.py [--trials 7] [--batch 256] [--quick]``
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from _common import spread
 from torch import nn
 
 import augment
@@ -68,7 +69,10 @@ def main() -> None:
         help="torch threads (1 by default: on a shared, loaded CPU two threads spend most of "
         "the time of small ops in synchronisation)",
     )
+    parser.add_argument("--quick", action="store_true", help="tiny batch, one trial")
     args = parser.parse_args()
+    if args.quick:
+        args.trials, args.batch, args.size = 1, 8, 16
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
@@ -105,13 +109,15 @@ def main() -> None:
     )
     print(
         f"model: {model_name}; batch {args.batch} x 3 x {args.size} x {args.size}; "
-        f"{args.trials} interleaved trials, medians"
+        f"{args.trials} interleaved trials, medians (min / median / max of augment ms)"
     )
+    print("claim: every augmentation preset costs a small fraction of one training step")
     print(f"training step (forward + backward + SGD): {step_ms:.1f} ms\n")
-    print(f"{'preset':<20}{'augment ms':>12}{'% of step':>11}")
+    print(f"{'preset':<20}{'augment ms (min / med / max)':>30}{'% of step':>11}")
     for name, times in aug_times.items():
         ms = 1e3 * statistics.median(times)
-        print(f"{name:<20}{ms:>12.2f}{100 * ms / step_ms:>10.1f}%")
+        trials = spread([1e3 * t for t in times], "{:.2f}")
+        print(f"{name:<20}{trials:>30}{100 * ms / step_ms:>10.1f}%")
     print(
         "\nOn a GPU the step shrinks far more than the augmentation's Python/kernel-launch "
         "overhead: kornia ops and the per-sample RandAugment/TrivialAugment grouping (up to "

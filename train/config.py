@@ -110,6 +110,9 @@ class DataConfig:
     n_val: int = 500
     batch_size: int = 128
     num_workers: int = 0
+    # Training batches sliced by index from the uint8 split held on the training device (no
+    # DataLoader): auto (when it fits, see train.data.device_loader) | true | false.
+    on_device: str = "auto"
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
     # The training distribution (also that of `val` and the `typical` held-out split).
@@ -150,6 +153,8 @@ class ModelConfig:
     # BatchNorm layers stay in eval mode (running statistics unchanged).
     freeze: list[str] = field(default_factory=list)
     channels_last: bool = False
+    compile: bool = False  # torch.compile the network (state-dict keys unchanged)
+    compile_backend: str = "inductor"  # torch.compile backend (e.g. aot_eager to debug)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm/torchvision
     antialias: AntialiasConfig = field(default_factory=AntialiasConfig)
 
@@ -292,6 +297,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.heldout.*.background": BACKGROUNDS,
     "data.placement.appearance": APPEARANCES,
     "data.heldout.*.appearance": APPEARANCES,
+    "data.on_device": ("auto", "true", "false"),
     "model.padding_mode": ("zeros", "reflect", "replicate", "circular"),
     "model.norm": ("batch", "none"),
     "model.head": ("gap", "flatten"),
@@ -700,6 +706,20 @@ def _check_trainer(cfg: DictConfig) -> None:
             )
 
 
+def _check_compile(cfg: DictConfig) -> None:
+    if not cfg.model.compile:
+        return
+    import torch
+
+    if cfg.model.compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+        common = torch.compiler.list_backends()  # without debugging backends
+        raise ConfigError(
+            f"Unknown 'model.compile_backend' {cfg.model.compile_backend!r}."
+            f"{did_you_mean(cfg.model.compile_backend, common)} Choose one of: "
+            f"{', '.join(common)} (torch.compiler.list_backends()), or model.compile=false."
+        )
+
+
 def _check_registered(cfg: DictConfig) -> None:
     """Names of registry entries (built-ins and plug-ins) exist in their registry."""
     import augment  # noqa: F401  (importing the packages registers the built-ins)
@@ -733,9 +753,12 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     import_plugins(cfg.plugins)
     _check_registered(cfg)
+    if isinstance(cfg.data.on_device, str):  # YAML `true` arrives in a str field as "True"
+        cfg.data.on_device = cfg.data.on_device.lower()
     _check_choices(cfg)
     _check_ranges(cfg)
     _check_trainer(cfg)
+    _check_compile(cfg)
     return cfg
 
 

@@ -89,6 +89,8 @@ class Classifier(L.LightningModule):
         self.eval_split_names: list[str] = []
         if cfg.model.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if cfg.model.compile:  # in place: compiled on first call, state-dict keys unchanged
+            self.net.compile(backend=cfg.model.compile_backend)
 
     @property
     def load_report(self) -> dict[str, Any] | None:

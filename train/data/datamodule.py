@@ -31,6 +31,7 @@ from train.config import (
     ordered_heldout,
 )
 from train.data.background import TEXTURE_CELLS
+from train.data.device_loader import DeviceBatches, use_on_device
 from train.data.placement import FrameRule
 from train.data.registry import ObjectPool, Source, build_source
 from train.data.render import Scene, render_scene, render_split, resize_split
@@ -135,6 +136,7 @@ class InvDataModule(L.LightningDataModule):
         self._positions: dict[str, np.ndarray] | None = None
         self.instance_counts: dict[str, int] = {}
         self.notes: list[str] = []
+        self.train_on_device: bool | None = None  # which path train_dataloader took
 
     # ---------------------------------------------------------------------------- sources
     def _source(self, name: str) -> Source:
@@ -335,11 +337,34 @@ class InvDataModule(L.LightningDataModule):
             drop_last=False,
             num_workers=workers,
             persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
         )
 
-    def train_dataloader(self) -> DataLoader:
+    @property
+    def device(self) -> torch.device:
+        """The training device (CPU until a Trainer is attached)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        """Shuffled training batches: sliced from the split on the device (``data.on_device``,
+        see :func:`use_on_device`) or from a DataLoader; both give the same batches."""
         s = self.split("train")
-        return self._loader(TensorDataset(s.images, s.labels), True, None)
+        nbytes = s.images.nbytes + s.labels.nbytes
+        self.train_on_device = use_on_device(str(self.cfg.data.on_device), nbytes, self.device)
+        if not self.train_on_device:
+            return self._loader(TensorDataset(s.images, s.labels), True, None)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return DeviceBatches(
+            s.images,
+            s.labels,
+            int(self.cfg.data.batch_size),
+            int(self.cfg.seed),
+            self.device,
+            rank=rank,
+            world_size=world,
+        )
 
     def eval_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """Centre-cropped (model-input window) batches of a split, in order."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 from torch.utils.data import Sampler
 
 
@@ -24,11 +25,15 @@ class EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> Tensor:
+        """This epoch's indices as an int64 CPU tensor (what iterating yields)."""
         if not self.shuffle:
-            return iter(range(self.num_samples))
+            return torch.arange(self.num_samples)
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        return torch.randperm(self.num_samples, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
 
     def __len__(self) -> int:
         return self.num_samples
