@@ -155,8 +155,8 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
     if n == 0:
         return {"mean": math.nan, "ci": [math.nan, math.nan], "n": 0}
     mean = sum(xs) / n
-    if n == 1:
-        return {"mean": mean, "ci": [mean, mean], "n": 1}
+    if n == 1:  # one seed has no spread to estimate
+        return {"mean": mean, "ci": [math.nan, math.nan], "n": 1}
     from scipy.stats import t  # scipy comes with scikit-learn
 
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
@@ -236,6 +236,11 @@ def markdown_table(groups: Sequence[Group], rows: list[dict[str, Any]], keys: li
                     cells.append("-")
                     continue
                 stat = {"mean": row[f"{p}mean"], "ci": [row[f"{p}lo"], row[f"{p}hi"]]}
+                if row["n_seeds"] == 1:  # no interval from one seed: the mean alone, marked
+                    cells.append(
+                        ("{:+.3f}" if gap else "{:.3f}").format(stat["mean"]) + " (1 seed)"
+                    )
+                    continue
                 cells.append(cell(stat, signed=gap))
             seeds = ",".join(map(str, group.seeds))
             body.append([*(_show(group.key[k]) for k in keys), seeds, split, *cells])
