@@ -26,8 +26,20 @@ from eval.runner import SCALAR_METRICS, TRANSFORMS
 from train.config import ConfigError
 from train.figures import new_figure, save_figure
 
-# Keys that never make two runs different experiments.
-IGNORED = ("name", "out_dir", "seed", "logger", "model.init_from")
+# Keys that never make two runs different experiments: bookkeeping, and how a run is executed
+# rather than what it computes (the on-device path gives the DataLoader's batches, compiled
+# models the eager logits).
+IGNORED = (
+    "name",
+    "out_dir",
+    "seed",
+    "logger",
+    "model.init_from",
+    "data.num_workers",
+    "data.on_device",
+    "model.compile",
+    "model.compile_backend",
+)
 IGNORED_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 METRICS = ("accuracy", *SCALAR_METRICS)
 # (column title, transform, metric, from the gap block): the Markdown table's columns.
@@ -108,16 +120,23 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """The finished runs below ``paths``. A key a run's config lacks (the run predates the key)
+    takes the key's default, which keeps the behaviour the run had, so such runs still group
+    with newer ones."""
+    from train.config import schema, to_container
+
+    defaults = flatten(to_container(schema()))
     runs = []
     for path in find_runs(paths):
         metrics = read_metrics(path / "metrics.json")
         config = metrics.get("config") or {}
+        flat = flatten(config)
         runs.append(
             Run(
                 path,
                 metrics.get("name", path.name),
                 int(config.get("seed", 0)),
-                flatten(config),
+                {**defaults, **flat},
                 metrics,
             )
         )

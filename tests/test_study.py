@@ -85,6 +85,32 @@ def test_runs_group_by_everything_but_the_seed_with_a_t_interval(tmp_path: Path)
     assert math.isnan(t_interval([])["mean"])
 
 
+def test_runs_that_predate_a_key_or_differ_in_execution_only_group_together(
+    tmp_path: Path,
+) -> None:
+    """A run without ``augment.pad_fill`` (older than the key) takes its default, ``reflect``;
+    ``data.on_device`` and ``model.compile`` change how a run executes, not what it computes."""
+    import json as _json
+
+    for seed, extra in enumerate([{}, {"data": {"on_device": "false"}}, {"model": {"compile": 1}}]):
+        run = _fake_run(tmp_path, 2, seed, 0.1, 0.2)
+        metrics = _json.loads((run / "metrics.json").read_text())
+        if seed == 0:
+            del metrics["config"]["augment"]["pad_fill"]
+        metrics["config"].update(extra)
+        (run / "metrics.json").write_text(_json.dumps(metrics))
+    other = _fake_run(tmp_path / "z", 2, 0, 0.1, 0.2)  # a real difference: another fill
+    metrics = _json.loads((other / "metrics.json").read_text())
+    metrics["config"]["augment"]["pad_fill"] = "zeros"
+    (other / "metrics.json").write_text(_json.dumps(metrics))
+    groups, keys = group_runs(load_runs([tmp_path]))
+    assert keys == ["augment.pad_fill"]
+    assert sorted((g.key["augment.pad_fill"], g.seeds) for g in groups) == [
+        ("reflect", [0, 1, 2]),
+        ("zeros", [0]),
+    ]
+
+
 def test_duplicate_seeds_and_bad_by_key_are_errors(tmp_path: Path) -> None:
     _fake_run(tmp_path / "a", 0, 0, 0.1, 0.2)
     _fake_run(tmp_path / "b", 0, 0, 0.1, 0.2)
