@@ -10,7 +10,7 @@ import torch
 from eval.report import write_json
 from eval.runner import evaluate
 from models.checkpoint import lightning_state, require_file
-from train.config import ConfigError
+from train.config import ConfigError, to_container
 from train.provenance import collect_provenance
 
 
@@ -34,7 +34,8 @@ def evaluate_checkpoint(
     A Lightning checkpoint of ours (``state_dict`` keys ``net.*``) loads strictly into
     ``train.module.Classifier``; any other file is loaded into its ``net`` by
     ``models.load_weights`` (timm/torchvision weights for ``cfg.model.name``). Writes
-    ``<out_dir>/invariance.json`` and the figures; returns the report, with its ``provenance``.
+    ``<out_dir>/invariance.json`` (with the ``config`` used) and the figures; returns the report,
+    with its ``provenance``.
     """
     import models
     from train.data import build_datamodule
@@ -69,6 +70,9 @@ def evaluate_checkpoint(
         progress=progress,
     )
     report["checkpoint"] = str(path)
+    # The config that produced these numbers, so `invlab report` can group this evaluation
+    # (e.g. eval.protocol=circular) with the runs it belongs to.
+    report["config"] = to_container(cfg)
     # Step and epoch are read from the file when it is a Lightning checkpoint.
     report["provenance"] = collect_provenance(device=device, checkpoint=path.resolve())
     out = Path(out_dir)

@@ -4,7 +4,9 @@ Runs whose configs differ only by ``seed`` (and keys that do not change the mode
 output paths, logging) form a group. For every group, held-out split, transform and metric the
 report gives the mean over seeds of the runs' means, a t-interval across seeds (the seeds are
 the replicates: this is the uncertainty a study reports, not one run's bootstrap), the number of
-seeds, and the same for the gap to ``typical``. It writes ``report.csv`` (every number),
+seeds, and the same for the gap to ``typical``. ``invlab eval`` outputs found below the runs
+(``invariance.json`` with the config it used) are results too: an evaluation of the same
+checkpoints under another protocol forms its own groups. It writes ``report.csv`` (every number),
 ``report.md`` (the headline table) and the plots: each metric against the swept variable, one
 line per split with an interval band, and, when typicality by distance was evaluated, the metric
 against typicality decile, one line per value of the swept variable.
@@ -98,14 +100,23 @@ def _ignored(key: str) -> bool:
     return key.startswith("trainer.") and key.split(".", 1)[1] in IGNORED_TRAINER
 
 
+EVAL_REPORT = "invariance.json"  # written by `invlab eval`
+
+
+def _is_result(path: Path) -> bool:
+    return (path / "metrics.json").is_file() or (path / EVAL_REPORT).is_file()
+
+
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run directories (holding ``metrics.json``) given directly or found below the paths."""
+    """Result directories given directly or found below the paths: finished runs (holding
+    ``metrics.json``) and ``invlab eval`` outputs (holding ``invariance.json``)."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if (path / "metrics.json").is_file():
+        if _is_result(path):
             found.append(path)
         elif path.is_dir():
-            found.extend(sorted(p.parent for p in path.rglob("metrics.json")))
+            hits = [*path.rglob("metrics.json"), *path.rglob(EVAL_REPORT)]
+            found.extend(sorted({p.parent for p in hits}))
         else:
             raise ConfigError(
                 f"'{path}' is neither a run directory nor a folder of runs. Give run "
@@ -119,6 +130,25 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _read_result(path: Path) -> dict[str, Any]:
+    """A run's ``metrics.json``, or an ``invlab eval`` output in the same shape (its report is
+    the run's ``invariance`` block; its name is the run's name and the output folder's)."""
+    if (path / "metrics.json").is_file():
+        return read_metrics(path / "metrics.json")
+    report = read_metrics(path / EVAL_REPORT)
+    config = report.get("config")
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"'{path / EVAL_REPORT}' does not record the config it was evaluated with (written "
+            f"by an older invlab): re-run `invlab eval` on its checkpoint, or leave it out."
+        )
+    return {
+        "name": f"{config.get('name', path.name)}:{path.name}",
+        "config": config,
+        "invariance": report,
+    }
+
+
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     """The finished runs below ``paths``. A key a run's config lacks (the run predates the key)
     takes the key's default, which keeps the behaviour the run had, so such runs still group
@@ -128,7 +158,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     defaults = flatten(to_container(schema()))
     runs = []
     for path in find_runs(paths):
-        metrics = read_metrics(path / "metrics.json")
+        metrics = _read_result(path)
         config = metrics.get("config") or {}
         flat = flatten(config)
         runs.append(
@@ -159,10 +189,12 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[Group], list[str]]:
     for group in groups.values():
         seeds = [r.seed for r in group.runs]
         if len(seeds) != len(set(seeds)):
-            names = ", ".join(r.name for r in group.runs)
+            names = ", ".join(str(r.path) for r in group.runs)
             raise ConfigError(
-                f"Runs {names} have the same config and the same seed: a group needs one run "
-                f"per seed. Remove the duplicate run directories."
+                f"Results {names} have the same config and the same seed: a group needs one "
+                f"result per seed. Remove the duplicates, or give `invlab report` the run "
+                f"directories themselves (an `invlab eval` output with its run's own settings "
+                f"repeats the run's evaluation)."
             )
     return list(groups.values()), keys
 

@@ -146,6 +146,31 @@ def test_tiny_sweep_of_two_values_and_two_seeds_then_report(
     lines = [ln for ln in out.splitlines() if " typical " in f" {ln} "]
     assert len(lines) == 2 and all("0,1" in ln for ln in lines)
     assert (tmp_path / "rep" / "by_augment_max_shift_px.png").is_file()
+    # `invlab eval` outputs under the runs join the report as their own group (eval.protocol)
+    circular = []
+    for run in sorted((tmp_path / "runs").glob("*/")):
+        if json.loads((run / "metrics.json").read_text())["config"]["augment"]["max_shift_px"] != 1:
+            continue
+        out_dir = run / "reports" / "circular"
+        ckpt = str(run / "checkpoints" / "last.ckpt")
+        assert main(["eval", ckpt, "eval.protocol=circular", "--out", str(out_dir)]) == 0
+        report = json.loads((out_dir / "invariance.json").read_text())
+        assert report["config"]["eval"]["protocol"] == "circular"
+        circular.append(report["splits"]["typical"]["translate"]["p_change"]["mean"])
+    assert len(circular) == 2
+    capsys.readouterr()
+    out = write_report([tmp_path / "runs"], tmp_path / "rep2")
+    assert set(out["keys"]) == {"augment.max_shift_px", "eval.protocol"}
+    rows = {
+        (r["group"], r["split"], r["metric"]): r
+        for r in out["rows"]
+        if r["transform"] == "translate"
+    }
+    row = rows[("augment.max_shift_px=1, eval.protocol=circular", "typical", "p_change")]
+    assert row["n_seeds"] == 2 and row["mean"] == pytest.approx(sum(circular) / 2)
+    assert (
+        rows[("augment.max_shift_px=2, eval.protocol=crop", "typical", "p_change")]["n_seeds"] == 2
+    )
     # a second sweep skips every finished point
     assert main(["sweep", str(sweep), *base]) == 0
     assert "4 points: 4 skipped." in capsys.readouterr().out

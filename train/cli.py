@@ -290,7 +290,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     commands["sweep"] = p
 
     p = sub.add_parser("report", help="a study's runs grouped by seed: tables and plots")
-    p.add_argument("dirs", nargs="+", help="run directories or folders of runs (a sweep's out_dir)")
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        help="run dirs, `invlab eval` outputs, or folders of them (a sweep's out_dir)",
+    )
     p.add_argument("--by", nargs="+", metavar="KEY", help="swept key(s) for the x axis")
     p.add_argument("--out", help="output folder (default: <first DIR>/report)")
     p.set_defaults(func=cmd_report)
