@@ -396,11 +396,53 @@ def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None
     return save_figure(fig, path)
 
 
+def plot_tradeoff(groups: Sequence[Group], rows: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy against invariance (consistency and P(top-1 change) under translation): one
+    colour per group, one marker per split, across-seed intervals on both axes. Where the
+    groups lie on a line, invariance is being bought with accuracy (or the reverse)."""
+    index = _lookup(rows)
+    splits = splits_of([r for g in groups for r in g.runs])
+    markers = "osD^vP*X<>"
+    fig = new_figure(13, 4.2)
+    panels = (
+        ("consistency", "consistency (translate)"),
+        ("p_change", "P(top-1 change), translate"),
+    )
+    for p, (metric, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, p + 1)
+        for gi, g in enumerate(groups):
+            colour = f"C{gi % 10}"
+            for si, split in enumerate(splits):
+                acc = index.get((g.label, split, "translate", "accuracy"))
+                inv = index.get((g.label, split, "translate", metric))
+                if acc is None or inv is None:
+                    continue
+                ax.errorbar(
+                    acc["mean"],
+                    inv["mean"],
+                    xerr=[[acc["mean"] - acc["lo"]], [acc["hi"] - acc["mean"]]],
+                    yerr=[[inv["mean"] - inv["lo"]], [inv["hi"] - inv["mean"]]],
+                    fmt=markers[si % len(markers)],
+                    color=colour,
+                    markersize=5,
+                    elinewidth=0.8,
+                    label=f"{g.label} · {split}",
+                )
+        ax.set_xlabel("accuracy", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    legend = fig.add_subplot(1, 3, 3)
+    legend.axis("off")
+    legend.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=6, loc="center left")
+    return save_figure(fig, path)
+
+
 def write_report(
     paths: Sequence[str | Path], out: str | Path, by: Sequence[str] = (), level: float = 0.95
 ) -> dict[str, Any]:
     """Read the runs, group them, write ``report.csv``, ``report.md`` and the plots to ``out``.
-    Returns ``{"groups", "keys", "rows", "files"}``."""
+    Returns ``{"groups", "keys", "rows", "files"}``; ``tradeoff.png`` (accuracy against
+    invariance) when there are several groups."""
     runs = load_runs(paths)
     groups, keys = group_runs(runs)
     unknown = [k for k in by if k not in keys]
@@ -419,6 +461,8 @@ def write_report(
         f"seeds])\n\n{table}\n"
     )
     files.append(out / "report.md")
+    if len(groups) > 1:
+        files.append(plot_tradeoff(groups, rows, out / "tradeoff.png"))
     for key in list(by) or keys[:1]:
         files.append(plot_by(groups, rows, key, keys, out / f"by_{key.replace('.', '_')}.png"))
         typ = plot_typicality(groups, key, out / f"typicality_by_{key.replace('.', '_')}.png")

@@ -76,7 +76,7 @@ def test_runs_group_by_everything_but_the_seed_with_a_t_interval(tmp_path: Path)
     assert c["mean"] == pytest.approx(0.1)
     # the files: CSV with every number, Markdown table, the plot against the swept key
     names = {p.name for p in out["files"]}
-    assert names == {"report.csv", "report.md", "by_augment_max_shift_px.png"}
+    assert names == {"report.csv", "report.md", "by_augment_max_shift_px.png", "tradeoff.png"}
     assert (tmp_path / "rep" / "by_augment_max_shift_px.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| 0 | 0,1,2 | typical |" in md and "+0.100 [+0.100, +0.100]" in md
