@@ -44,6 +44,7 @@ IGNORED = (
 )
 IGNORED_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 METRICS = ("accuracy", *SCALAR_METRICS)
+DATA = "data"  # report rows about a split's images rather than a transform: homogeneity/<window>
 # (column title, transform, metric, from the gap block): the Markdown table's columns.
 HEADLINE = (
     ("accuracy", "translate", "accuracy", False),
@@ -216,6 +217,10 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
 
 
 def _value(run: Run, split: str, transform: str, metric: str, gap: bool) -> float | None:
+    if transform == DATA:  # a property of the split's images, e.g. homogeneity/2: no gap
+        if gap:
+            return None
+        transform, metric = metric.split("/", 1)
     block = run.metrics.get("invariance", {}).get("splits", {}).get(split, {}).get(transform)
     if not block:
         return None
@@ -239,32 +244,43 @@ def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, An
     rows = []
     splits = splits_of([r for g in groups for r in g.runs])
     metrics = [*METRICS, *(f"given_correct/{m}" for m in SCALAR_METRICS)]
+    windows = sorted(
+        {
+            w
+            for g in groups
+            for r in g.runs
+            for block in r.metrics.get("invariance", {}).get("splits", {}).values()
+            for w in (block.get("homogeneity") or {})
+        },
+        key=int,
+    )
+    cases = [(tr, m) for tr in TRANSFORMS for m in metrics]
+    cases += [(DATA, f"homogeneity/{w}") for w in windows]
     for group in groups:
         for split in splits:
-            for tr in TRANSFORMS:
-                for metric in metrics:
-                    values = [_value(r, split, tr, metric, False) for r in group.runs]
-                    if all(v is None for v in values):
-                        continue
-                    stat = t_interval([v for v in values if v is not None], level)
-                    gaps = [_value(r, split, tr, metric, True) for r in group.runs]
-                    gap = t_interval([g for g in gaps if g is not None], level)
-                    rows.append(
-                        {
-                            "group": group.label,
-                            **{k: _show(v) for k, v in group.key.items()},
-                            "split": split,
-                            "transform": tr,
-                            "metric": metric,
-                            "mean": stat["mean"],
-                            "lo": stat["ci"][0],
-                            "hi": stat["ci"][1],
-                            "n_seeds": stat["n"],
-                            "gap_mean": gap["mean"] if gap["n"] else None,
-                            "gap_lo": gap["ci"][0] if gap["n"] else None,
-                            "gap_hi": gap["ci"][1] if gap["n"] else None,
-                        }
-                    )
+            for tr, metric in cases:
+                values = [_value(r, split, tr, metric, False) for r in group.runs]
+                if all(v is None for v in values):
+                    continue
+                stat = t_interval([v for v in values if v is not None], level)
+                gaps = [_value(r, split, tr, metric, True) for r in group.runs]
+                gap = t_interval([g for g in gaps if g is not None], level)
+                rows.append(
+                    {
+                        "group": group.label,
+                        **{k: _show(v) for k, v in group.key.items()},
+                        "split": split,
+                        "transform": tr,
+                        "metric": metric,
+                        "mean": stat["mean"],
+                        "lo": stat["ci"][0],
+                        "hi": stat["ci"][1],
+                        "n_seeds": stat["n"],
+                        "gap_mean": gap["mean"] if gap["n"] else None,
+                        "gap_lo": gap["ci"][0] if gap["n"] else None,
+                        "gap_hi": gap["ci"][1] if gap["n"] else None,
+                    }
+                )
     return rows
 
 
@@ -396,45 +412,76 @@ def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None
     return save_figure(fig, path)
 
 
-def plot_tradeoff(groups: Sequence[Group], rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy against invariance (consistency and P(top-1 change) under translation): one
-    colour per group, one marker per split, across-seed intervals on both axes. Where the
-    groups lie on a line, invariance is being bought with accuracy (or the reverse)."""
+def plot_scatter(
+    groups: Sequence[Group],
+    rows: list[dict[str, Any]],
+    x: tuple[str, str, str],
+    panels: Sequence[tuple[str, str, str]],
+    path: Path,
+) -> Path:
+    """One panel per ``(transform, metric, title)`` against ``x`` (the same triple): one colour
+    per group, one marker per split, across-seed intervals on both axes."""
     index = _lookup(rows)
     splits = splits_of([r for g in groups for r in g.runs])
     markers = "osD^vP*X<>"
-    fig = new_figure(13, 4.2)
-    panels = (
-        ("consistency", "consistency (translate)"),
-        ("p_change", "P(top-1 change), translate"),
-    )
-    for p, (metric, title) in enumerate(panels):
-        ax = fig.add_subplot(1, 3, p + 1)
+    fig = new_figure(4.3 * (len(panels) + 1), 4.2)
+    for p, (tr, metric, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels) + 1, p + 1)
         for gi, g in enumerate(groups):
-            colour = f"C{gi % 10}"
             for si, split in enumerate(splits):
-                acc = index.get((g.label, split, "translate", "accuracy"))
-                inv = index.get((g.label, split, "translate", metric))
-                if acc is None or inv is None:
+                xs = index.get((g.label, split, x[0], x[1]))
+                ys = index.get((g.label, split, tr, metric))
+                if xs is None or ys is None:
                     continue
                 ax.errorbar(
-                    acc["mean"],
-                    inv["mean"],
-                    xerr=[[acc["mean"] - acc["lo"]], [acc["hi"] - acc["mean"]]],
-                    yerr=[[inv["mean"] - inv["lo"]], [inv["hi"] - inv["mean"]]],
+                    xs["mean"],
+                    ys["mean"],
+                    xerr=[[xs["mean"] - xs["lo"]], [xs["hi"] - xs["mean"]]],
+                    yerr=[[ys["mean"] - ys["lo"]], [ys["hi"] - ys["mean"]]],
                     fmt=markers[si % len(markers)],
-                    color=colour,
+                    color=f"C{gi % 10}",
                     markersize=5,
                     elinewidth=0.8,
                     label=f"{g.label} · {split}",
                 )
-        ax.set_xlabel("accuracy", fontsize=8)
+        ax.set_xlabel(x[2], fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
-    legend = fig.add_subplot(1, 3, 3)
+    legend = fig.add_subplot(1, len(panels) + 1, len(panels) + 1)
     legend.axis("off")
     legend.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=6, loc="center left")
     return save_figure(fig, path)
+
+
+def plot_tradeoff(groups: Sequence[Group], rows: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy against invariance under translation. Where the groups lie on a line,
+    invariance is being bought with accuracy (or the reverse)."""
+    return plot_scatter(
+        groups,
+        rows,
+        ("translate", "accuracy", "accuracy"),
+        [
+            ("translate", "consistency", "consistency (translate)"),
+            ("translate", "p_change", "P(top-1 change), translate"),
+        ],
+        path,
+    )
+
+
+def plot_homogeneity(
+    groups: Sequence[Group], rows: list[dict[str, Any]], window: str, path: Path
+) -> Path:
+    """Accuracy and P(top-1 change) against the splits' local homogeneity (Mouton et al.)."""
+    return plot_scatter(
+        groups,
+        rows,
+        (DATA, f"homogeneity/{window}", f"local homogeneity, {window}x{window} windows"),
+        [
+            ("translate", "accuracy", "accuracy"),
+            ("translate", "p_change", "P(top-1 change), translate"),
+        ],
+        path,
+    )
 
 
 def write_report(
@@ -442,7 +489,8 @@ def write_report(
 ) -> dict[str, Any]:
     """Read the runs, group them, write ``report.csv``, ``report.md`` and the plots to ``out``.
     Returns ``{"groups", "keys", "rows", "files"}``; ``tradeoff.png`` (accuracy against
-    invariance) when there are several groups."""
+    invariance) when there are several groups, ``homogeneity.png`` when the runs measured the
+    splits' local homogeneity (smallest window)."""
     runs = load_runs(paths)
     groups, keys = group_runs(runs)
     unknown = [k for k in by if k not in keys]
@@ -463,6 +511,10 @@ def write_report(
     files.append(out / "report.md")
     if len(groups) > 1:
         files.append(plot_tradeoff(groups, rows, out / "tradeoff.png"))
+    windows = [r["metric"].split("/")[1] for r in rows if r["transform"] == DATA]
+    if windows:
+        window = min(windows, key=int)
+        files.append(plot_homogeneity(groups, rows, window, out / "homogeneity.png"))
     for key in list(by) or keys[:1]:
         files.append(plot_by(groups, rows, key, keys, out / f"by_{key.replace('.', '_')}.png"))
         typ = plot_typicality(groups, key, out / f"typicality_by_{key.replace('.', '_')}.png")

@@ -46,6 +46,9 @@ def _fake_run(root: Path, shift: int, seed: int, typ: float, far: float) -> Path
         },
         "invariance": {"splits": {"typical": block(typ), "far": block(far, far - typ)}},
     }
+    # local homogeneity of the split's images: typical 0.9, far 0.5 + 0.1 * seed
+    for split, h in (("typical", 0.9), ("far", 0.5 + 0.1 * seed)):
+        metrics["invariance"]["splits"][split]["homogeneity"] = {"2": _stat(h)}
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -76,7 +79,16 @@ def test_runs_group_by_everything_but_the_seed_with_a_t_interval(tmp_path: Path)
     assert c["mean"] == pytest.approx(0.1)
     # the files: CSV with every number, Markdown table, the plot against the swept key
     names = {p.name for p in out["files"]}
-    assert names == {"report.csv", "report.md", "by_augment_max_shift_px.png", "tradeoff.png"}
+    assert names == {
+        "report.csv",
+        "report.md",
+        "by_augment_max_shift_px.png",
+        "tradeoff.png",
+        "homogeneity.png",
+    }
+    h = rows[("augment.max_shift_px=0", "far", "homogeneity/2")]
+    assert h["transform"] == "data" and h["mean"] == pytest.approx(0.6) and h["n_seeds"] == 3
+    assert h["gap_mean"] is None
     assert (tmp_path / "rep" / "by_augment_max_shift_px.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| 0 | 0,1,2 | typical |" in md and "+0.100 [+0.100, +0.100]" in md
