@@ -43,7 +43,8 @@ IGNORED = (
     "model.compile_backend",
 )
 IGNORED_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
-METRICS = ("accuracy", *SCALAR_METRICS)
+# cosine_local / cosine_global exist when the exhaustive shift grid was evaluated (shift maps).
+METRICS = ("accuracy", *SCALAR_METRICS, "cosine_local", "cosine_global")
 DATA = "data"  # report rows about a split's images rather than a transform: homogeneity/<window>
 # (column title, transform, metric, from the gap block): the Markdown table's columns.
 HEADLINE = (
@@ -238,9 +239,17 @@ def splits_of(runs: Sequence[Run]) -> list[str]:
     return list(names)
 
 
+def _clip(metric: str, ci: Sequence[float]) -> tuple[float, float]:
+    """A t-interval clipped to the metric's range (rates in [0, 1], cosines in [-1, 1]): with
+    three seeds near a bound the symmetric interval would cross it."""
+    low = -1.0 if "cosine" in metric else 0.0
+    return max(ci[0], low), min(ci[1], 1.0)
+
+
 def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, Any]]:
     """One row per group, split, transform and metric (conditional metrics as
-    ``given_correct/<metric>``): across-seed mean, interval, seeds, and the gap to typical."""
+    ``given_correct/<metric>``): across-seed mean, interval (clipped to the metric's range),
+    seeds, and the gap to typical."""
     rows = []
     splits = splits_of([r for g in groups for r in g.runs])
     metrics = [*METRICS, *(f"given_correct/{m}" for m in SCALAR_METRICS)]
@@ -263,6 +272,7 @@ def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, An
                 if all(v is None for v in values):
                     continue
                 stat = t_interval([v for v in values if v is not None], level)
+                lo, hi = _clip(metric, stat["ci"])
                 gaps = [_value(r, split, tr, metric, True) for r in group.runs]
                 gap = t_interval([g for g in gaps if g is not None], level)
                 rows.append(
@@ -273,8 +283,8 @@ def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, An
                         "transform": tr,
                         "metric": metric,
                         "mean": stat["mean"],
-                        "lo": stat["ci"][0],
-                        "hi": stat["ci"][1],
+                        "lo": lo,
+                        "hi": hi,
                         "n_seeds": stat["n"],
                         "gap_mean": gap["mean"] if gap["n"] else None,
                         "gap_lo": gap["ci"][0] if gap["n"] else None,
@@ -484,13 +494,55 @@ def plot_homogeneity(
     )
 
 
+def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
+    """The exhaustive shift grid's feature cosine to the centre view, mean over seeds: one row
+    per group, one column per split, one shared colour range. None when no run has a map."""
+    import numpy as np
+
+    splits = splits_of([r for g in groups for r in g.runs])
+    maps: dict[tuple[int, str], Any] = {}
+    shift = 0
+    for gi, g in enumerate(groups):
+        for split in splits:
+            blocks = [
+                r.metrics.get("invariance", {}).get("splits", {}).get(split, {}).get("translate")
+                for r in g.runs
+            ]
+            per_seed = [np.asarray(b["cosine_map"]) for b in blocks if b and b.get("cosine_map")]
+            if per_seed:
+                maps[gi, split] = np.mean(per_seed, axis=0)
+                shift = (maps[gi, split].shape[0] - 1) // 2
+    if not maps:
+        return None
+    cols = [s for s in splits if any((gi, s) in maps for gi in range(len(groups)))]
+    rows_ = [gi for gi in range(len(groups)) if any((gi, s) in maps for s in cols)]
+    low = min(float(m.min()) for m in maps.values())
+    fig = new_figure(3.9 * len(cols), 3.5 * len(rows_))
+    axes = fig.subplots(len(rows_), len(cols), squeeze=False)
+    extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)  # pixel-centred cells
+    for ax_row, gi in zip(axes, rows_, strict=True):
+        for ax, split in zip(ax_row, cols, strict=True):
+            if (gi, split) not in maps:
+                ax.axis("off")
+                continue
+            im = ax.imshow(maps[gi, split], extent=extent, vmin=min(low, 0.999), vmax=1)
+            ax.set_title(
+                f"{groups[gi].label}\n{split} (mean of {len(groups[gi].runs)})", fontsize=7
+            )
+            ax.set_xlabel("dx (px)", fontsize=7)
+            ax.set_ylabel("dy (px)", fontsize=7)
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
 def write_report(
     paths: Sequence[str | Path], out: str | Path, by: Sequence[str] = (), level: float = 0.95
 ) -> dict[str, Any]:
     """Read the runs, group them, write ``report.csv``, ``report.md`` and the plots to ``out``.
     Returns ``{"groups", "keys", "rows", "files"}``; ``tradeoff.png`` (accuracy against
     invariance) when there are several groups, ``homogeneity.png`` when the runs measured the
-    splits' local homogeneity (smallest window)."""
+    splits' local homogeneity (smallest window), ``cosine_maps.png`` when they evaluated the
+    exhaustive shift grid."""
     runs = load_runs(paths)
     groups, keys = group_runs(runs)
     unknown = [k for k in by if k not in keys]
@@ -511,6 +563,9 @@ def write_report(
     files.append(out / "report.md")
     if len(groups) > 1:
         files.append(plot_tradeoff(groups, rows, out / "tradeoff.png"))
+    maps = plot_cosine_maps(groups, out / "cosine_maps.png")
+    if maps is not None:
+        files.append(maps)
     windows = [r["metric"].split("/")[1] for r in rows if r["transform"] == DATA]
     if windows:
         window = min(windows, key=int)

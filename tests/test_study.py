@@ -46,6 +46,11 @@ def _fake_run(root: Path, shift: int, seed: int, typ: float, far: float) -> Path
         },
         "invariance": {"splits": {"typical": block(typ), "far": block(far, far - typ)}},
     }
+    # a 3x3 shift map (cosine to the centre view) on typical: 1 - 0.01 * seed off-centre
+    cmap = [[1 - 0.01 * seed] * 3 for _ in range(3)]
+    cmap[1][1] = 1.0
+    metrics["invariance"]["splits"]["typical"]["translate"]["cosine_map"] = cmap
+    metrics["invariance"]["splits"]["typical"]["translate"]["cosine_local"] = _stat(0.99)
     # local homogeneity of the split's images: typical 0.9, far 0.5 + 0.1 * seed
     for split, h in (("typical", 0.9), ("far", 0.5 + 0.1 * seed)):
         metrics["invariance"]["splits"][split]["homogeneity"] = {"2": _stat(h)}
@@ -85,7 +90,13 @@ def test_runs_group_by_everything_but_the_seed_with_a_t_interval(tmp_path: Path)
         "by_augment_max_shift_px.png",
         "tradeoff.png",
         "homogeneity.png",
+        "cosine_maps.png",
     }
+    assert rows[("augment.max_shift_px=4", "typical", "cosine_local")]["mean"] == pytest.approx(
+        0.99
+    )
+    # intervals are clipped to the metric's range: P(change) 0.1, 0.2, 0.3 -> lo 0.2 - 0.248 < 0
+    assert r["lo"] == 0.0
     h = rows[("augment.max_shift_px=0", "far", "homogeneity/2")]
     assert h["transform"] == "data" and h["mean"] == pytest.approx(0.6) and h["n_seeds"] == 3
     assert h["gap_mean"] is None
