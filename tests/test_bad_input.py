@@ -85,6 +85,7 @@ ROWS = [
     Row("compare-nothing", ("compare", "{files}/nothing"), "No metrics.json"),
     Row("report-damaged-run", ("report", "{files}/damaged"), "is not valid JSON"),
     Row("compare-damaged-run", ("compare", "{files}/damaged"), "is not valid JSON"),
+    Row("report-eval-no-config", ("report", "{files}/old_eval"), "does not record the config"),
     Row(
         "nan-loss",
         ("fit", "{fit}", "name=diverged", "optim.lr=1e30", "eval.enabled=false"),
@@ -125,6 +126,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (files / "plain.txt").write_text("not a folder\n")
     (files / "damaged").mkdir()
     (files / "damaged" / "metrics.json").write_text('{"name": "cut off')
+    (files / "old_eval").mkdir()
+    (files / "old_eval" / "invariance.json").write_text('{"splits": {}}')
     return {"out": out, "files": files, "ckpt": ckpt, "fit": fit}  # type: ignore[dict-item]
 
 
