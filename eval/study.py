@@ -422,6 +422,15 @@ def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None
     return save_figure(fig, path)
 
 
+def _colour(i: int, n: int) -> Any:
+    """Distinct colours for up to 20 groups (matplotlib's default cycle has 10)."""
+    if n <= 10:
+        return f"C{i}"
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](i % 20)
+
+
 def plot_scatter(
     groups: Sequence[Group],
     rows: list[dict[str, Any]],
@@ -449,7 +458,7 @@ def plot_scatter(
                     xerr=[[xs["mean"] - xs["lo"]], [xs["hi"] - xs["mean"]]],
                     yerr=[[ys["mean"] - ys["lo"]], [ys["hi"] - ys["mean"]]],
                     fmt=markers[si % len(markers)],
-                    color=f"C{gi % 10}",
+                    color=_colour(gi, len(groups)),
                     markersize=5,
                     elinewidth=0.8,
                     label=f"{g.label} · {split}",
