@@ -89,13 +89,19 @@ def _cosine_maps(report: dict[str, Any], path: Path) -> Path | None:
     fig = new_figure(4.2 * len(maps), 3.8)
     axes = fig.subplots(1, len(maps), squeeze=False)
     for ax, (split, cmap) in zip(axes[0], maps.items(), strict=True):
-        extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)  # pixel-centred cells
-        im = ax.imshow(cmap, extent=extent, vmin=min(low, 0.999), vmax=1, cmap="viridis")
-        ax.set_title(f"{split}: feature cosine")
-        ax.set_xlabel("dx (px)")
-        ax.set_ylabel("dy (px)")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        draw_cosine_map(ax, cmap, shift, low, f"{split}: feature cosine")
     return save_figure(fig, path, dpi=110)
+
+
+def draw_cosine_map(ax: Any, cmap: Any, shift: float, low: float, title: str) -> None:
+    """One shift map (feature cosine to the centre view over the 2-D grid of offsets within
+    ``shift`` px) on ``ax`` with its colour bar, on the range ``low``..1 shared by its figure."""
+    extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)  # pixel-centred cells
+    im = ax.imshow(cmap, extent=extent, vmin=min(low, 0.999), vmax=1, cmap="viridis")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("dx (px)", fontsize=8)
+    ax.set_ylabel("dy (px)", fontsize=8)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
 
 
 def save_plots(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.plots import draw_cosine_map
 from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
 from train.config import ConfigError
@@ -65,6 +66,11 @@ class Run:
     config: dict[str, Any]  # flattened, dotted keys
     metrics: dict[str, Any]
 
+    @property
+    def splits(self) -> dict[str, Any]:
+        """The run's per-split invariance blocks (empty when it evaluated none)."""
+        return self.metrics.get("invariance", {}).get("splits", {})
+
 
 @dataclass
 class Group:
@@ -102,11 +108,13 @@ def _ignored(key: str) -> bool:
     return key.startswith("trainer.") and key.split(".", 1)[1] in IGNORED_TRAINER
 
 
+RUN_METRICS = "metrics.json"  # written by `invlab fit`
 EVAL_REPORT = "invariance.json"  # written by `invlab eval`
+RESULT_FILES = (RUN_METRICS, EVAL_REPORT)
 
 
 def _is_result(path: Path) -> bool:
-    return (path / "metrics.json").is_file() or (path / EVAL_REPORT).is_file()
+    return any((path / name).is_file() for name in RESULT_FILES)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -117,8 +125,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if _is_result(path):
             found.append(path)
         elif path.is_dir():
-            hits = [*path.rglob("metrics.json"), *path.rglob(EVAL_REPORT)]
-            found.extend(sorted({p.parent for p in hits}))
+            hits = {p.parent for p in path.rglob("*.json") if p.name in RESULT_FILES}
+            found.extend(sorted(hits))
         else:
             raise ConfigError(
                 f"'{path}' is neither a run directory nor a folder of runs. Give run "
@@ -135,8 +143,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 def _read_result(path: Path) -> dict[str, Any]:
     """A run's ``metrics.json``, or an ``invlab eval`` output in the same shape (its report is
     the run's ``invariance`` block; its name is the run's name and the output folder's)."""
-    if (path / "metrics.json").is_file():
-        return read_metrics(path / "metrics.json")
+    if (path / RUN_METRICS).is_file():
+        return read_metrics(path / RUN_METRICS)
     report = read_metrics(path / EVAL_REPORT)
     config = report.get("config")
     if not isinstance(config, dict):
@@ -222,7 +230,7 @@ def _value(run: Run, split: str, transform: str, metric: str, gap: bool) -> floa
         if gap:
             return None
         transform, metric = metric.split("/", 1)
-    block = run.metrics.get("invariance", {}).get("splits", {}).get(split, {}).get(transform)
+    block = run.splits.get(split, {}).get(transform)
     if not block:
         return None
     if gap:
@@ -235,7 +243,7 @@ def _value(run: Run, split: str, transform: str, metric: str, gap: bool) -> floa
 def splits_of(runs: Sequence[Run]) -> list[str]:
     names: dict[str, None] = {}
     for run in runs:
-        names.update(dict.fromkeys(run.metrics.get("invariance", {}).get("splits", {})))
+        names.update(dict.fromkeys(run.splits))
     return list(names)
 
 
@@ -258,7 +266,7 @@ def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, An
             w
             for g in groups
             for r in g.runs
-            for block in r.metrics.get("invariance", {}).get("splits", {}).values()
+            for block in r.splits.values()
             for w in (block.get("homogeneity") or {})
         },
         key=int,
@@ -513,10 +521,7 @@ def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
     shift = 0
     for gi, g in enumerate(groups):
         for split in splits:
-            blocks = [
-                r.metrics.get("invariance", {}).get("splits", {}).get(split, {}).get("translate")
-                for r in g.runs
-            ]
+            blocks = [r.splits.get(split, {}).get("translate") for r in g.runs]
             per_seed = [np.asarray(b["cosine_map"]) for b in blocks if b and b.get("cosine_map")]
             if per_seed:
                 maps[gi, split] = np.mean(per_seed, axis=0)
@@ -528,19 +533,13 @@ def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
     low = min(float(m.min()) for m in maps.values())
     fig = new_figure(3.9 * len(cols), 3.5 * len(rows_))
     axes = fig.subplots(len(rows_), len(cols), squeeze=False)
-    extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)  # pixel-centred cells
     for ax_row, gi in zip(axes, rows_, strict=True):
         for ax, split in zip(ax_row, cols, strict=True):
             if (gi, split) not in maps:
                 ax.axis("off")
                 continue
-            im = ax.imshow(maps[gi, split], extent=extent, vmin=min(low, 0.999), vmax=1)
-            ax.set_title(
-                f"{groups[gi].label}\n{split} (mean of {len(groups[gi].runs)})", fontsize=7
-            )
-            ax.set_xlabel("dx (px)", fontsize=7)
-            ax.set_ylabel("dy (px)", fontsize=7)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            title = f"{groups[gi].label}\n{split} (mean of {len(groups[gi].runs)})"
+            draw_cosine_map(ax, maps[gi, split], shift, low, title)
     return save_figure(fig, path)
 
 
