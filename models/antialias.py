@@ -4,10 +4,13 @@ polyphase sampling (Chaman & Dokmanic, 2021).
 
 Rules (``s`` = stride > 1):
 
-- strided ``Conv2d``            -> the same conv at stride 1, then ``BlurDownsample(s)``;
-  strided 1x1 shortcut convs of residual blocks included. Zhang blurs after the conv's
-  norm + ReLU (ConvBlurPool); blurring right after the conv is simpler (one module, no knowledge
-  of the block's ordering) and keeps the output size.
+- strided ``Conv2d``            -> the same conv at stride 1, then ``BlurDownsample(s)`` after
+  the conv's norm and activation when the conv opens an ``nn.Sequential`` of conv, pointwise
+  norm and activation layers (the built-in CNN's blocks, torchvision's ``Conv2dNormActivation``):
+  Zhang's ConvBlurPool. Elsewhere (e.g. inside residual blocks, whose order lives in
+  ``forward``) right after the conv; strided 1x1 shortcut convs included. Blurring before the
+  activation would make conv and blur one linear low-pass filter: the layer could no longer
+  respond to fine patterns, and such models train much more slowly.
 - ``MaxPool2d(k, s)``           -> ``MaxPool2d(k, 1)``, then ``BlurDownsample(s)`` (MaxBlurPool).
 - ``AvgPool2d(k, s)``           -> ``BlurDownsample(s)`` (the binomial filter replaces the box).
 
@@ -17,9 +20,10 @@ replaces each subsampling by a stride-1 blur (circular padding; none when
 ``filt_size=1``) and :class:`~models.polyphase.PolyphaseDownsample`. Methods are entries of
 ``models.antialias_methods`` (add one with ``register_antialias``).
 
-State-dict keys do not change: a strided conv or max-pool keeps its identity and parameters, only
-its class gains a ``downsample`` child and its stride becomes 1 (the child holds non-persistent
-buffers only); an average pool has no state and is replaced. A baseline checkpoint therefore
+State-dict keys do not change: a strided conv or max-pool keeps its identity and parameters, its
+stride becomes 1, and its class (or, for a conv-norm-activation block, the activation's class)
+gains a ``downsample`` child that holds non-persistent buffers only; an average pool has no state
+and is replaced. A baseline checkpoint therefore
 loads with ``strict=True`` into its antialiased version. Output sizes equal the baseline's.
 """
 
@@ -51,7 +55,29 @@ class AntialiasedMaxPool2d(DownsampleAfter, nn.MaxPool2d):
     """``nn.MaxPool2d`` at stride 1 followed by its ``downsample`` child."""
 
 
-_NAMED = {nn.Conv2d: AntialiasedConv2d, nn.MaxPool2d: AntialiasedMaxPool2d}
+class AntialiasedReLU(DownsampleAfter, nn.ReLU):
+    """``nn.ReLU`` followed by its ``downsample`` child (the end of a ConvBlurPool block)."""
+
+
+_NAMED = {
+    nn.Conv2d: AntialiasedConv2d,
+    nn.MaxPool2d: AntialiasedMaxPool2d,
+    nn.ReLU: AntialiasedReLU,
+}
+
+# Layers that act on each pixel alone (BatchNorm in eval mode): subsampling commutes with them,
+# so with ``filt_size=1`` a ConvBlurPool block computes what the strided block computed.
+_POINTWISE_NORMS = (nn.modules.batchnorm._BatchNorm, nn.Identity)
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Mish,
+)
 
 
 @cache
@@ -83,6 +109,25 @@ def is_downsampling(module: nn.Module) -> bool:
     return False
 
 
+def _block_activation(model: nn.Module, name: str, module: nn.Module) -> nn.Module | None:
+    """The last activation of the conv-norm-activation ``nn.Sequential`` that ``module`` (a
+    conv) opens, or None when the conv is not the first of such a block."""
+    if not isinstance(module, nn.Conv2d):
+        return None
+    parent_name, _, _ = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not isinstance(parent, nn.Sequential) or len(parent) < 2 or parent[0] is not module:
+        return None
+    tail = list(parent)[1:]
+    if not all(isinstance(m, _POINTWISE_NORMS + _ACTIVATIONS) for m in tail):
+        return None
+    act = tail[-1]
+    if not isinstance(act, _ACTIVATIONS):
+        return None
+    uses = sum(m is act for _, m in model.named_modules(remove_duplicate=False))
+    return act if uses == 1 else None  # a shared activation module runs elsewhere too
+
+
 def _kind(module: nn.Module) -> str:
     if isinstance(module, nn.Conv2d):
         return "conv"
@@ -102,11 +147,14 @@ def describe_layer(module: nn.Module) -> str:
     return f"{name}(k{k}, s{_stride(module)})"
 
 
-def _rewrite_text(kind: str, method: str, stride: int, filt_size: int, pad_mode: str) -> str:
+def _rewrite_text(
+    kind: str, method: str, stride: int, filt_size: int, pad_mode: str, after: str | None = None
+) -> str:
     down = get_antialias(method).describe(stride, filt_size, pad_mode)
     if kind == "avgpool":
         return down
-    return f"{'Conv2d' if kind == 'conv' else 'MaxPool2d'}(s1) + {down}"
+    layer = f"{'Conv2d' if kind == 'conv' else 'MaxPool2d'}(s1)"
+    return f"{layer} + {down}" if after is None else f"{layer} ... {after} + {down}"
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -200,7 +248,9 @@ def antialias_plan(
     _check(method, filt_size, pad_mode)
     plan = []
     for name, m, kept in _targets(model, method, skip_first, input_size):
-        rewrite = kept or _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode)
+        act = _block_activation(model, name, m)
+        after = None if act is None else type(act).__name__
+        rewrite = kept or _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode, after)
         plan.append((name, describe_layer(m), rewrite))
     return plan
 
@@ -245,7 +295,9 @@ def antialias(
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, down)
             continue
-        m.__class__ = _antialiased_class(type(m))
+        # Zhang's ConvBlurPool: after the block's activation; else right after the layer.
+        host = _block_activation(model, name, m) or m
         m.stride = (1, 1) if isinstance(m, nn.Conv2d) else 1
-        m.downsample = down
+        host.__class__ = _antialiased_class(type(host))
+        host.downsample = down
     return model

@@ -154,6 +154,42 @@ def test_antialias_builtin_cnn(downsample: str, kernel: int, method: str) -> Non
     assert "BlurDownsample" in kinds
 
 
+def test_conv_norm_act_block_blurs_after_its_activation() -> None:
+    """Zhang's ConvBlurPool: conv(s1) -> norm -> ReLU -> blur-downsample. With filter size 1
+    the block computes what the strided block computed (eval-mode BatchNorm is per pixel)."""
+    torch.manual_seed(0)
+    base = _cnn("conv")
+    for m in base.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial running statistics
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    plan = models.antialias_plan(base, "blur", filt_size=3)
+    assert plan[0][2] == "Conv2d(s1) ... ReLU + Blur(k3, s2, reflect)"
+    x = torch.randn(2, 3, 32, 32)
+    split = models.antialias(copy.deepcopy(base), "blur", filt_size=1)
+    assert split.features.down1.conv.stride == (1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(split(x), base(x))
+    blurred = models.antialias(copy.deepcopy(base), "blur", filt_size=3)
+    block = blurred.features.down1
+    with torch.no_grad():
+        h = torch.randn(1, 8, 16, 16).relu()
+        full = torch.relu(block.norm(block.conv(h)))  # the block's activation at full resolution
+        want = BlurDownsample(2, 3, "reflect")(full)
+        torch.testing.assert_close(block(h), want)
+    # A conv that is not the head of a conv-norm-act block keeps the blur right after it.
+    lone = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    models.antialias(lone, "blur", filt_size=3)
+    assert isinstance(lone[0].downsample, BlurDownsample) and type(lone[1]) is nn.ReLU
+    shared = nn.ReLU()  # one activation module used by two blocks: not a place for the blur
+    two = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), shared),
+        nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), shared),
+    )
+    models.antialias(two, "blur", filt_size=3)
+    assert isinstance(two[0][0].downsample, BlurDownsample) and type(shared) is nn.ReLU
+
+
 def test_maxblur_rewrites_pools_only() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
@@ -284,7 +320,7 @@ def test_build_applies_antialias_from_config() -> None:
         "antialias": {"method": "blur", "filt_size": 5, "pad_mode": "replicate"},
     }
     model = models.build(cfg, 10)
-    blur = model.get_submodule("features.down1.conv").downsample
+    blur = model.get_submodule("features.down1.act").downsample
     assert (blur.filt_size, blur.pad_mode, blur.stride) == (5, "replicate", 2)
     plain = models.build({"name": "cnn_tiny"}, 10)
     assert strided_layers(plain) == ["features.down1.conv"]
