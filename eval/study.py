@@ -82,8 +82,20 @@ class Group:
         return ", ".join(f"{k}={_show(v)}" for k, v in self.key.items()) or "all runs"
 
     @property
+    def short_label(self) -> str:
+        """:attr:`label` for figures: each key by its last dotted part where that is unique."""
+        return short_label(self.key) or "all runs"
+
+    @property
     def seeds(self) -> list[int]:
         return sorted(r.seed for r in self.runs)
+
+
+def short_label(key: dict[str, Any]) -> str:
+    """``a.b.c=1, d.e=2`` -> ``c=1, e=2``: long dotted keys crowd a legend or a panel title."""
+    tails = [k.rsplit(".", 1)[-1] for k in key]
+    names = [t if tails.count(t) == 1 else k for k, t in zip(key, tails, strict=True)]
+    return ", ".join(f"{n}={_show(v)}" for n, v in zip(names, key.values(), strict=True))
 
 
 def _show(value: Any) -> str:
@@ -363,7 +375,7 @@ def plot_by(
     others = [k for k in keys if k != by]
     facets: dict[str, list[Group]] = {}
     for g in groups:
-        label = ", ".join(f"{k}={_show(g.key[k])}" for k in others) or ""
+        label = short_label({k: g.key[k] for k in others})
         facets.setdefault(label, []).append(g)
     panels = [(t, tr, m) for t, tr, m, gap in HEADLINE if not gap and "/" not in m]
     splits = splits_of([r for g in groups for r in g.runs])
@@ -469,7 +481,7 @@ def plot_scatter(
                     color=_colour(gi, len(groups)),
                     markersize=5,
                     elinewidth=0.8,
-                    label=f"{g.label} · {split}",
+                    label=f"{g.short_label} · {split}",
                 )
         ax.set_xlabel(x[2], fontsize=8)
         ax.set_title(title, fontsize=9)
@@ -538,7 +550,7 @@ def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
             if (gi, split) not in maps:
                 ax.axis("off")
                 continue
-            title = f"{groups[gi].label}\n{split} (mean of {len(groups[gi].runs)})"
+            title = f"{groups[gi].short_label}\n{split} (mean of {len(groups[gi].runs)})"
             draw_cosine_map(ax, maps[gi, split], shift, low, title)
     return save_figure(fig, path)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.study import group_runs, load_runs, t_interval, write_report
+from eval.study import group_runs, load_runs, short_label, t_interval, write_report
 from tests.conftest import DEFAULT_YAML, REPO, TINY_OVERRIDES
 from train.cli import main
 from train.sweep import grid_points, run_sweep, slurm_script, summary
@@ -286,3 +286,15 @@ def test_the_slurm_script_parses_and_lists_every_point(tmp_path: Path) -> None:
     assert '--point "$SLURM_ARRAY_TASK_ID"' in script
     # what a task runs: one point, skipped when it is finished
     assert main(["sweep", str(sweep), str(DEFAULT_YAML), "--point", "9"]) == 2
+
+
+def test_short_label_keeps_full_keys_only_where_their_last_parts_collide() -> None:
+    key = {
+        "model.antialias.method": "blur",
+        "augment.max_shift_px": 4,
+        "data.placement.scale": [1, 2],
+        "model.scale": 0.5,
+    }
+    assert short_label(key) == (
+        "method=blur, max_shift_px=4, data.placement.scale=[1, 2], model.scale=0.5"
+    )
