@@ -460,6 +460,8 @@ def plot_scatter(
 ) -> Path:
     """One panel per ``(transform, metric, title)`` against ``x`` (the same triple): one colour
     per group, one marker per split, across-seed intervals on both axes."""
+    from matplotlib.lines import Line2D  # lazily, like every matplotlib import here
+
     index = _lookup(rows)
     splits = splits_of([r for g in groups for r in g.runs])
     markers = "osD^vP*X<>"
@@ -481,14 +483,23 @@ def plot_scatter(
                     color=_colour(gi, len(groups)),
                     markersize=5,
                     elinewidth=0.8,
-                    label=f"{g.short_label} · {split}",
                 )
         ax.set_xlabel(x[2], fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
+    # One legend entry per group (colour) and per split (marker), not per combination.
+    handles = [
+        Line2D(
+            [], [], color=_colour(gi, len(groups)), marker="o", linestyle="", label=g.short_label
+        )
+        for gi, g in enumerate(groups)
+    ] + [
+        Line2D([], [], color="black", marker=markers[si % len(markers)], linestyle="", label=split)
+        for si, split in enumerate(splits)
+    ]
     legend = fig.add_subplot(1, len(panels) + 1, len(panels) + 1)
     legend.axis("off")
-    legend.legend(*fig.axes[0].get_legend_handles_labels(), fontsize=6, loc="center left")
+    legend.legend(handles=handles, fontsize=6, loc="center left")
     return save_figure(fig, path)
 
 
