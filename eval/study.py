@@ -465,6 +465,7 @@ def plot_scatter(
     index = _lookup(rows)
     splits = splits_of([r for g in groups for r in g.runs])
     markers = "osD^vP*X<>"
+    colours = [_colour(gi, len(groups)) for gi in range(len(groups))]
     fig = new_figure(4.3 * (len(panels) + 1), 4.2)
     for p, (tr, metric, title) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels) + 1, p + 1)
@@ -480,7 +481,7 @@ def plot_scatter(
                     xerr=[[xs["mean"] - xs["lo"]], [xs["hi"] - xs["mean"]]],
                     yerr=[[ys["mean"] - ys["lo"]], [ys["hi"] - ys["mean"]]],
                     fmt=markers[si % len(markers)],
-                    color=_colour(gi, len(groups)),
+                    color=colours[gi],
                     markersize=5,
                     elinewidth=0.8,
                 )
@@ -489,10 +490,8 @@ def plot_scatter(
         ax.grid(alpha=0.3)
     # One legend entry per group (colour) and per split (marker), not per combination.
     handles = [
-        Line2D(
-            [], [], color=_colour(gi, len(groups)), marker="o", linestyle="", label=g.short_label
-        )
-        for gi, g in enumerate(groups)
+        Line2D([], [], color=colour, marker="o", linestyle="", label=g.short_label)
+        for colour, g in zip(colours, groups, strict=True)
     ] + [
         Line2D([], [], color="black", marker=markers[si % len(markers)], linestyle="", label=split)
         for si, split in enumerate(splits)
