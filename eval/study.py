@@ -10,6 +10,13 @@ checkpoints under another protocol forms its own groups. It writes ``report.csv`
 ``report.md`` (the headline table) and the plots: each metric against the swept variable, one
 line per split with an interval band, and, when typicality by distance was evaluated, the metric
 against typicality decile, one line per value of the swept variable.
+
+Contrasts (``contrasts.csv``, ``contrasts.md``): for every two groups that differ in exactly one
+key, every split, transform and metric (and every gap to ``typical``), the difference B - A
+with its 95% interval, paired by seed where both groups hold the same seeds and Welch
+otherwise, the verdict word, the Holm-adjusted p-value and verdict over all contrasts of the
+report, the minimal resolvable difference and the seeds the observed difference would need
+(``eval.contrasts``).
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.contrasts import NOT_RESOLVED, adjusted_verdict, contrast, holm, seeds_to_resolve
 from eval.plots import draw_cosine_map
 from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
 from train.config import ConfigError
 from train.figures import new_figure, save_figure
+from train.suggest import did_you_mean
 
 # Keys that never make two runs different experiments: bookkeeping, and how a run is executed
 # rather than what it computes (the on-device path gives the DataLoader's batches, compiled
@@ -266,12 +275,9 @@ def _clip(metric: str, ci: Sequence[float]) -> tuple[float, float]:
     return max(ci[0], low), min(ci[1], 1.0)
 
 
-def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, Any]]:
-    """One row per group, split, transform and metric (conditional metrics as
-    ``given_correct/<metric>``): across-seed mean, interval (clipped to the metric's range),
-    seeds, and the gap to typical."""
-    rows = []
-    splits = splits_of([r for g in groups for r in g.runs])
+def _cases(groups: Sequence[Group]) -> list[tuple[str, str]]:
+    """Every (transform, metric) the report tabulates: the metrics of each transform
+    (conditional ones as ``given_correct/<metric>``) and the splits' homogeneity windows."""
     metrics = [*METRICS, *(f"given_correct/{m}" for m in SCALAR_METRICS)]
     windows = sorted(
         {
@@ -284,7 +290,16 @@ def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, An
         key=int,
     )
     cases = [(tr, m) for tr in TRANSFORMS for m in metrics]
-    cases += [(DATA, f"homogeneity/{w}") for w in windows]
+    return cases + [(DATA, f"homogeneity/{w}") for w in windows]
+
+
+def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, Any]]:
+    """One row per group, split, transform and metric (conditional metrics as
+    ``given_correct/<metric>``): across-seed mean, interval (clipped to the metric's range),
+    seeds, and the gap to typical."""
+    rows = []
+    splits = splits_of([r for g in groups for r in g.runs])
+    cases = _cases(groups)
     for group in groups:
         for split in splits:
             for tr, metric in cases:
@@ -352,8 +367,10 @@ def text_table(groups: Sequence[Group], rows: list[dict[str, Any]], keys: list[s
     return "\n".join(render_rows(cells[0], cells[2:]))
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str] | None = None) -> Path:
+    """The rows as CSV; ``columns`` default to every key in the rows, in order of appearance."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
@@ -366,12 +383,269 @@ def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+# --------------------------------------------------------------------------- contrasts
+GAP = "gap"  # a contrast of the gap to typical rather than of the value itself
+VALUE = "value"
+# contrasts.csv: what is compared, the two groups' means, B - A with its interval and verdicts,
+# power at the observed spread, and the two groups' labels as report.csv writes them.
+CONTRAST_COLUMNS = (
+    "key",
+    "a",
+    "b",
+    "fixed",
+    "split",
+    "transform",
+    "metric",
+    "of",
+    "mean_a",
+    "mean_b",
+    "group_a",
+    "group_b",
+    "diff",
+    "lo",
+    "hi",
+    "method",
+    "n_a",
+    "n_b",
+    "df",
+    "p",
+    "verdict",
+    "p_holm",
+    "verdict_holm",
+    "mrd",
+    "seeds_needed",
+)
+
+
+def key_values(groups: Sequence[Group], key: str) -> list[Any]:
+    """The values ``key`` takes among the groups: ascending when all are numbers, else in the
+    order the groups first show them."""
+    values: dict[str, Any] = {}
+    for g in groups:
+        values.setdefault(_show(g.key.get(key)), g.key.get(key))
+    found = list(values.values())
+    return sorted(found) if _numeric(found) else found
+
+
+def _same_value(text: str, value: Any) -> bool:
+    """Whether a value typed on the command line names ``value`` (``4`` for 4, ``true`` for
+    True, ``[1,2]`` for [1, 2])."""
+    shown = _show(value)
+    squash = lambda v: v.replace(" ", "").lower()  # noqa: E731
+    return text == shown or squash(text) == squash(shown)
+
+
+def check_contrast(
+    groups: Sequence[Group], keys: list[str], key: str | None, baseline: str | None
+) -> tuple[str | None, str | None]:
+    """``--contrast`` / ``--baseline`` checked against the groups: the key (None: every varied
+    key) and the baseline value as the report shows it (None: all pairs). Raises ConfigError
+    naming the fix."""
+    if key is None and baseline is not None:
+        if len(keys) != 1:
+            varied = ", ".join(keys) if keys else "none"
+            raise ConfigError(
+                f"--baseline {baseline}: give the key it is a value of with --contrast KEY "
+                f"(varied keys: {varied})."
+            )
+        key = keys[0]
+    if key is not None and key not in keys:
+        varied = f"Varied keys: {', '.join(keys)}." if keys else "No config key varies."
+        raise ConfigError(
+            f"--contrast {key}: not a key that varies between the runs.{did_you_mean(key, keys)}"
+            f" {varied}"
+        )
+    if baseline is None:
+        return key, None
+    values = key_values(groups, key)
+    for value in values:
+        if _same_value(baseline, value):
+            return key, _show(value)
+    shown = [_show(v) for v in values]
+    raise ConfigError(
+        f"--baseline {baseline}: not a value of {key} in these runs.{did_you_mean(baseline, shown)}"
+        f" Its values: {', '.join(shown)}."
+    )
+
+
+def contrast_pairs(
+    groups: Sequence[Group], keys: list[str], key: str | None = None, baseline: str | None = None
+) -> list[tuple[str, Group, Group]]:
+    """``(key, A, B)`` for every two groups that differ in exactly that key (only ``key`` when
+    given), A holding the earlier value in :func:`key_values` order, or the ``baseline`` value
+    (as :func:`check_contrast` returns it) when one is given (then only pairs with it)."""
+    pairs = []
+    for k in [key] if key is not None else keys:
+        order = [_show(v) for v in key_values(groups, k)]
+        for i, a in enumerate(groups):
+            for b in groups[i + 1 :]:
+                differ = [x for x in keys if _show(a.key.get(x)) != _show(b.key.get(x))]
+                if differ != [k]:
+                    continue
+                first, second = sorted((a, b), key=lambda g: order.index(_show(g.key.get(k))))
+                if baseline is not None:
+                    if _show(second.key.get(k)) == baseline:
+                        first, second = second, first
+                    if _show(first.key.get(k)) != baseline:
+                        continue
+                pairs.append((k, first, second))
+    return pairs
+
+
+def _per_seed(group: Group, split: str, tr: str, metric: str, gap: bool) -> dict[int, float]:
+    values = {r.seed: _value(r, split, tr, metric, gap) for r in group.runs}
+    return {s: v for s, v in values.items() if v is not None and not math.isnan(v)}
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def contrast_rows(
+    groups: Sequence[Group],
+    keys: list[str],
+    pairs: Sequence[tuple[str, Group, Group]],
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """One row per pair, split, transform and metric (``of``: the value, or its gap to
+    typical): B - A with its interval (paired by seed where the groups hold the same seeds,
+    else Welch), the raw verdict, the Holm-adjusted p-value and verdict over all rows, the
+    minimal resolvable difference (the interval's half-width) and the seeds the observed
+    difference would need at the observed spread. Undefined numbers are None."""
+    cases = _cases(groups)
+    found = []
+    for k, a, b in pairs:
+        fixed = ", ".join(f"{x}={_show(a.key.get(x))}" for x in keys if x != k)
+        for split in splits_of([*a.runs, *b.runs]):
+            for tr, metric in cases:
+                for of in (VALUE, GAP):
+                    va = _per_seed(a, split, tr, metric, of == GAP)
+                    vb = _per_seed(b, split, tr, metric, of == GAP)
+                    if not va or not vb:
+                        continue
+                    c = contrast(va, vb, level)
+                    row = {
+                        "key": k,
+                        "a": _show(a.key.get(k)),
+                        "b": _show(b.key.get(k)),
+                        "fixed": fixed,
+                        "split": split,
+                        "transform": tr,
+                        "metric": metric,
+                        "of": of,
+                        "mean_a": sum(va.values()) / len(va),
+                        "mean_b": sum(vb.values()) / len(vb),
+                        "group_a": a.label,
+                        "group_b": b.label,
+                    }
+                    found.append((row, c))
+    adjusted = holm([c.p for _, c in found])
+    alpha = round(1 - level, 12)  # 0.05, not 0.050000000000000044
+    rows = []
+    for (row, c), p_holm in zip(found, adjusted, strict=True):
+        row.update(
+            {
+                "diff": c.diff,
+                "lo": c.lo,
+                "hi": c.hi,
+                "method": c.method,
+                "n_a": c.n_a,
+                "n_b": c.n_b,
+                "df": c.df,
+                "p": c.p,
+                "verdict": c.verdict,
+                "p_holm": p_holm,
+                "verdict_holm": adjusted_verdict(p_holm, c.diff, alpha),
+                "mrd": c.half,
+                "seeds_needed": seeds_to_resolve(c),
+            }
+        )
+        rows.append({k: _none_if_nan(v) for k, v in row.items()})
+    return rows
+
+
+def _num(value: float | None, fmt: str = "{:+.4f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def contrast_summary(rows: list[dict[str, Any]], level: float = 0.95) -> str:
+    """One line: contrasts, tests in the Holm family, resolved before and after Holm."""
+    tests = sum(r["p"] is not None for r in rows)
+    raw = sum(r["verdict"] != NOT_RESOLVED for r in rows)
+    held = sum(r["verdict_holm"] != NOT_RESOLVED for r in rows)
+    return (
+        f"{len(rows)} contrasts ({tests} tests in the Holm family at alpha "
+        f"{round(1 - level, 12):g}): {raw} resolved by their {100 * level:.0f}% interval, "
+        f"{held} after Holm"
+    )
+
+
+def contrasts_markdown(rows: list[dict[str, Any]], keys: list[str], level: float = 0.95) -> str:
+    """The contrasts as a Markdown table, with the summary line above it."""
+    fixed = len(keys) > 1
+    header = [
+        "contrast",
+        *(["fixed"] if fixed else []),
+        "split",
+        "metric",
+        f"B - A [{100 * level:.0f}% CI]",
+        "method",
+        "seeds A/B",
+        "verdict",
+        "p (Holm)",
+        "verdict (Holm)",
+        "min. resolvable",
+        "seeds needed",
+    ]
+    body = []
+    for r in rows:
+        metric = f"{r['transform']} {r['metric']}" + (" (gap to typical)" if r["of"] == GAP else "")
+        interval = f"{_num(r['diff'])} [{_num(r['lo'])}, {_num(r['hi'])}]"
+        body.append(
+            [
+                f"{r['key']}: {r['a']} -> {r['b']}",
+                *([r["fixed"] or "-"] if fixed else []),
+                r["split"],
+                metric,
+                interval if r["lo"] is not None else f"{_num(r['diff'])} (no interval)",
+                r["method"],
+                f"{r['n_a']}/{r['n_b']}",
+                r["verdict"],
+                _num(r["p_holm"], "{:.3g}"),
+                r["verdict_holm"],
+                _num(r["mrd"], "{:.4f}"),
+                "-" if r["seeds_needed"] is None else str(r["seeds_needed"]),
+            ]
+        )
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    table = "\n".join([*lines, *("| " + " | ".join(c) + " |" for c in body)])
+    notes = (
+        "B - A: difference of the means over seeds; paired by seed where both groups hold the "
+        "same seeds, else Welch. Verdicts: higher / lower where the interval excludes 0, "
+        "not resolved where it contains 0; Holm adjusts over every contrast in this table. "
+        "min. resolvable: the smallest |B - A| whose interval would exclude 0 at the observed "
+        "spread with these seeds; seeds needed: seeds (per group) that would resolve the "
+        "observed B - A at that spread (- : never, or over 1000)."
+    )
+    return f"# {contrast_summary(rows, level)}\n\n{notes}\n\n{table}\n"
+
+
 def plot_by(
-    groups: Sequence[Group], rows: list[dict[str, Any]], by: str, keys: list[str], path: Path
+    groups: Sequence[Group],
+    rows: list[dict[str, Any]],
+    by: str,
+    keys: list[str],
+    path: Path,
+    marks: Collection[tuple[str, str, str, str]] = (),
+    mark_label: str = "resolved (Holm)",
 ) -> Path:
     """Each headline metric against ``by``: one line per split with its across-seed band; one
-    row of panels per combination of the other varied keys."""
+    row of panels per combination of the other varied keys. A point whose ``(group label,
+    split, transform, metric)`` is in ``marks`` gets a star (a resolved contrast)."""
+    from matplotlib.lines import Line2D
+
     index = _lookup(rows)
+    marked = False
     others = [k for k in keys if k != by]
     facets: dict[str, list[Group]] = {}
     for g in groups:
@@ -393,7 +667,11 @@ def plot_by(
                     continue
                 nan = math.nan
                 mean = [s["mean"] if s else nan for s in stats]
-                ax.plot(xs, mean, marker="o", label=split, linewidth=1.2, markersize=3)
+                (line,) = ax.plot(xs, mean, marker="o", label=split, linewidth=1.2, markersize=3)
+                for x, y, i in zip(xs, mean, order, strict=True):
+                    if (members[i].label, split, tr, metric) in marks:
+                        ax.plot([x], [y], marker="*", markersize=10, color=line.get_color())
+                        marked = True
                 ax.fill_between(
                     xs,
                     [s["lo"] if s else nan for s in stats],
@@ -405,7 +683,12 @@ def plot_by(
             ax.set_title(f"{title}" + (f"\n{facet}" if facet else ""), fontsize=8)
             ax.set_xlabel(by, fontsize=8)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    handles, _ = axes[0][0].get_legend_handles_labels()
+    if marked:
+        star = Line2D([], [], color="black", marker="*", markersize=8, linestyle="")
+        handles.append(star)
+        star.set_label(mark_label)
+    axes[0][0].legend(handles=handles, fontsize=7)
     return save_figure(fig, path)
 
 
@@ -565,14 +848,38 @@ def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def _marks(
+    contrasts: list[dict[str, Any]], by: str, reference: Any
+) -> set[tuple[str, str, str, str]]:
+    """The ``(group label, split, transform, metric)`` of every group whose value differs from
+    the ``reference`` value of ``by`` (other keys equal) with a Holm-resolved contrast."""
+    ref = _show(reference)
+    return {
+        (r["group_b"] if r["a"] == ref else r["group_a"], r["split"], r["transform"], r["metric"])
+        for r in contrasts
+        if r["key"] == by
+        and r["of"] == VALUE
+        and ref in (r["a"], r["b"])
+        and r["verdict_holm"] != NOT_RESOLVED
+    }
+
+
 def write_report(
-    paths: Sequence[str | Path], out: str | Path, by: Sequence[str] = (), level: float = 0.95
+    paths: Sequence[str | Path],
+    out: str | Path,
+    by: Sequence[str] = (),
+    level: float = 0.95,
+    contrast_key: str | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Read the runs, group them, write ``report.csv``, ``report.md`` and the plots to ``out``.
-    Returns ``{"groups", "keys", "rows", "files"}``; ``tradeoff.png`` (accuracy against
-    invariance) when there are several groups, ``homogeneity.png`` when the runs measured the
-    splits' local homogeneity (smallest window), ``cosine_maps.png`` when they evaluated the
-    exhaustive shift grid."""
+    Returns ``{"groups", "keys", "rows", "files", "table", "contrasts"}``; ``tradeoff.png``
+    (accuracy against invariance) when there are several groups, ``homogeneity.png`` when the
+    runs measured the splits' local homogeneity (smallest window), ``cosine_maps.png`` when
+    they evaluated the exhaustive shift grid. With several groups also ``contrasts.csv`` and
+    ``contrasts.md``: the contrasts of every two groups that differ in one key (only
+    ``contrast_key`` when given; only against its ``baseline`` value when given), and the
+    plots against a key star the groups resolved (Holm) from the baseline or first value."""
     runs = load_runs(paths)
     groups, keys = group_runs(runs)
     unknown = [k for k in by if k not in keys]
@@ -581,7 +888,10 @@ def write_report(
         raise ConfigError(
             f"--by {', '.join(unknown)}: not a key that varies between the runs.{hint}"
         )
+    contrast_key, base = check_contrast(groups, keys, contrast_key, baseline)
     rows = summarise(groups, level)
+    pairs = contrast_pairs(groups, keys, contrast_key, base) if len(groups) > 1 else []
+    contrasts = contrast_rows(groups, keys, pairs, level)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [write_csv(rows, out / "report.csv")]
@@ -592,6 +902,10 @@ def write_report(
     )
     files.append(out / "report.md")
     if len(groups) > 1:
+        files.append(write_csv(contrasts, out / "contrasts.csv", CONTRAST_COLUMNS))
+        (out / "contrasts.md").write_text(contrasts_markdown(contrasts, keys, level))
+        files.append(out / "contrasts.md")
+    if len(groups) > 1:
         files.append(plot_tradeoff(groups, rows, out / "tradeoff.png"))
     maps = plot_cosine_maps(groups, out / "cosine_maps.png")
     if maps is not None:
@@ -601,8 +915,26 @@ def write_report(
         window = min(windows, key=int)
         files.append(plot_homogeneity(groups, rows, window, out / "homogeneity.png"))
     for key in list(by) or keys[:1]:
-        files.append(plot_by(groups, rows, key, keys, out / f"by_{key.replace('.', '_')}.png"))
+        reference = base if key == contrast_key and base is not None else key_values(groups, key)[0]
+        files.append(
+            plot_by(
+                groups,
+                rows,
+                key,
+                keys,
+                out / f"by_{key.replace('.', '_')}.png",
+                _marks(contrasts, key, reference),
+                f"resolved vs {short_label({key: reference})} (Holm)",
+            )
+        )
         typ = plot_typicality(groups, key, out / f"typicality_by_{key.replace('.', '_')}.png")
         if typ is not None:
             files.append(typ)
-    return {"groups": groups, "keys": keys, "rows": rows, "files": files, "table": table}
+    return {
+        "groups": groups,
+        "keys": keys,
+        "rows": rows,
+        "files": files,
+        "table": table,
+        "contrasts": contrasts,
+    }

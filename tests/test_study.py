@@ -87,6 +87,8 @@ def test_runs_group_by_everything_but_the_seed_with_a_t_interval(tmp_path: Path)
     assert names == {
         "report.csv",
         "report.md",
+        "contrasts.csv",
+        "contrasts.md",
         "by_augment_max_shift_px.png",
         "tradeoff.png",
         "homogeneity.png",

@@ -186,13 +186,17 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from eval.study import text_table, write_report
+    from eval.study import contrast_summary, text_table, write_report
 
     out = Path(ns.out) if ns.out else Path(ns.dirs[0]) / "report"
-    result = write_report(ns.dirs, out, by=ns.by or ())
+    result = write_report(
+        ns.dirs, out, by=ns.by or (), contrast_key=ns.contrast, baseline=ns.baseline
+    )
     runs = sum(len(g.runs) for g in result["groups"])
     print(f"{runs} runs in {len(result['groups'])} groups; mean [95% t-interval across seeds]")
     print(text_table(result["groups"], result["rows"], result["keys"]))
+    if len(result["groups"]) > 1:
+        print(f"\nContrasts: {contrast_summary(result['contrasts'])} (contrasts.md)")
     print(f"\nWrote {', '.join(str(f) for f in result['files'])}")
     return 0
 
@@ -296,6 +300,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="run dirs, `invlab eval` outputs, or folders of them (a sweep's out_dir)",
     )
     p.add_argument("--by", nargs="+", metavar="KEY", help="swept key(s) for the x axis")
+    p.add_argument(
+        "--contrast",
+        metavar="KEY",
+        help="contrast only groups that differ in KEY (default: every varied key)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="VALUE",
+        help="compare every value of the contrast key with this one (default: all pairs)",
+    )
     p.add_argument("--out", help="output folder (default: <first DIR>/report)")
     p.set_defaults(func=cmd_report)
     commands["report"] = p
