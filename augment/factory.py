@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 from . import presets as _presets  # noqa: F401  (registers the built-in presets)
 from .ops import build_op

@@ -9,8 +9,8 @@ from typing import Any
 import kornia.augmentation as K
 from torch import nn
 
-from train.config import ConfigError
-from train.suggest import did_you_mean
+from invlab.config import ConfigError
+from invlab.suggest import did_you_mean
 
 
 def kornia_op_names() -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from train.registry import Registry
+from invlab.registry import Registry
 
 PresetFn = Callable[[Any], list[nn.Module]]
 PRESETS: Registry[PresetFn] = Registry("augmentation preset")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from train.imageops import windows
+from invlab.imageops import windows
 
 from .base import SeededOp
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
 
-from train.figures import new_figure, save_figure
+from invlab.figures import new_figure, save_figure
 
 
 def grid_image(

@@ -26,7 +26,8 @@ from torch import nn
 
 from eval import evaluate
 from eval.views import center_crop, scale_views, trajectory, translate_views
-from train.config import eval_splits, load_config
+from invlab.config import eval_splits
+from train.config import load_config
 
 
 def build_model(num_classes: int = 10) -> tuple[nn.Module, str]:

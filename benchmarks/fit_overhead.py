@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import augment
 import models
-from train.config import Config, load_config, to_container
+from invlab.config import Config, to_container
+from train.config import load_config
 from train.data import build_datamodule
 from train.module import Classifier, Normalize
 

@@ -22,7 +22,8 @@ import time
 import torch
 from _common import spread
 
-from train.config import PlacementConfig, load_config
+from invlab.config import PlacementConfig
+from train.config import load_config
 from train.data import ArrayPool, build_datamodule, build_source
 from train.data.colorize import stroke_objects
 from train.data.render import render_split

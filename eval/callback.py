@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import WandbLogger
 from eval.distributed import LightningGather
 from eval.report import scalars, write_json
 from eval.runner import SCALAR_METRICS, TRANSFORMS, evaluate
-from train.provenance import collect_provenance
+from invlab.provenance import collect_provenance
 
 
 class InvarianceMonitor(L.Callback):

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.report import cell, read_metrics, render_rows
-from train.config import ConfigError
-from train.figures import new_figure, save_figure
+from invlab.config import ConfigError
+from invlab.figures import new_figure, save_figure
 
 # (column title, path inside an invariance split block, signed); None: the split's accuracy.
 COLUMNS: tuple[tuple[str, tuple[str, ...] | None, bool], ...] = (

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.runner import SCALAR_METRICS, TRANSFORMS
-from train.figures import new_figure, save_figure
+from invlab.figures import new_figure, save_figure
 
 
 def _x_axis(block: dict[str, Any], transform: str) -> tuple[list[float], str]:

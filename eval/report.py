@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from eval.runner import SCALAR_METRICS, TRANSFORMS
-from train.config import ConfigError
-from train.files import atomic_write_text
+from invlab.config import ConfigError
+from invlab.files import atomic_write_text
 
 COLUMNS = {
     "accuracy": "accuracy",

@@ -49,7 +49,7 @@ from eval.views import (
     translate_views,
     translation_source,
 )
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 TRANSFORMS = ("translate", "scale")
 SCALAR_METRICS = ("p_change", "mac", "consistency", "worst_case_accuracy")
@@ -100,6 +100,8 @@ def _choice(key: str, value: str, allowed: tuple[str, ...] | Mapping[str, Any]) 
 
 
 def make_plan(cfg_eval: Any, image_size: int) -> EvalPlan:
+    """The evaluation's protocol, checked: every choice known, trajectory and scales usable."""
+    _choice("typicality.method", str(cfg_eval.typicality.method), typicality.METHODS)
     for name in cfg_eval.transforms:
         _choice("transforms", name, TRANSFORMS)
     protocol = _choice("protocol", cfg_eval.protocol, PROTOCOLS)
@@ -269,8 +271,27 @@ class _SplitEvaluator:
         scale_pairs: Tensor,
         scale_renders: Tensor | None,
     ) -> dict[str, Tensor]:
-        plan, x = self.plan, images.to(self.device, non_blocking=True)
+        x = images.to(self.device, non_blocking=True)
         y = labels.to(self.device)
+        batch = self._views(x, pairs, scale_renders)
+        n, v = batch.shape[:2]
+        z = self.model(batch.flatten(0, 1)).view(n, v, -1).float()
+        feats = self.hook.pop()
+        f = feats.view(n, v, -1) if feats is not None else None
+        out = {"accuracy": (z[:, 0].argmax(-1) == y).float()}
+        t0 = 1  # view 0 is the centre crop
+        if "translate" in self.plan.transforms:
+            t0 = self._translate_values(out, z, f, y, t0)
+        if "scale" in self.plan.transforms:
+            self._scale_values(out, z, f, y, t0, scale_pairs)
+        if self.score is not None:
+            out["typicality/score"] = self.score(x, f[:, 0] if f is not None else None)
+        return out
+
+    def _views(self, x: Tensor, pairs: Tensor, scale_renders: Tensor | None) -> Tensor:
+        """[n, views, 3, S, S] float: the centre crop, then the translation trajectory and its
+        random pair, then the scale views."""
+        plan = self.plan
         views = [to_float(center_crop(x, plan.size))[:, None]]
         if "translate" in plan.transforms:
             kw = dict(
@@ -287,43 +308,45 @@ class _SplitEvaluator:
             renders = scale_renders.to(self.device, non_blocking=True)
             views.append(rendered_scale_views(renders, plan.size))
         elif "scale" in plan.transforms:
+            scales = list(plan.scales)
             views.append(
-                scale_views(
-                    x, list(plan.scales), size=plan.size, embed_size=plan.embed_size, fill=plan.fill
-                )
+                scale_views(x, scales, size=plan.size, embed_size=plan.embed_size, fill=plan.fill)
             )
-        batch = torch.cat(views, 1)
-        n, v = batch.shape[:2]
-        z = self.model(batch.flatten(0, 1)).view(n, v, -1).float()
-        feats = self.hook.pop()
-        f = feats.view(n, v, -1) if feats is not None else None
+        return torch.cat(views, 1)
 
-        out = {"accuracy": (z[:, 0].argmax(-1) == y).float()}
-        t0 = 1
-        if "translate" in plan.transforms:
-            t1 = t0 + len(plan.offsets)
-            zt = z[:, t0:t1]
-            for key, val in _trajectory_values(zt, y, plan.grid).items():
-                out[f"translate/{key}"] = val
-            out["translate/consistency"] = metrics.consistency(z[:, t1], z[:, t1 + 1])
-            cos = _cosine(f[:, t0:t1] if f is not None else None, plan.anchor)
-            if cos is not None:
-                out["translate/cosine"] = cos
-            t0 = t1 + 2
-        if "scale" in plan.transforms:
-            t1 = t0 + len(plan.scales)
-            zs = z[:, t0:t1]
-            for key, val in _trajectory_values(zs, y).items():
-                out[f"scale/{key}"] = val
-            ar = torch.arange(n, device=z.device)
-            sp = scale_pairs.to(z.device)
-            out["scale/consistency"] = metrics.consistency(zs[ar, sp[:, 0]], zs[ar, sp[:, 1]])
-            cos = _cosine(f[:, t0:t1] if f is not None else None, plan.scale_anchor)
-            if cos is not None:
-                out["scale/cosine"] = cos
-        if self.score is not None:
-            out["typicality/score"] = self.score(x, f[:, 0] if f is not None else None)
-        return out
+    def _translate_values(
+        self, out: dict[str, Tensor], z: Tensor, f: Tensor | None, y: Tensor, t0: int
+    ) -> int:
+        """Trajectory metrics of views ``t0 .. t0 + T`` and consistency of the pair after them;
+        returns the index of the first view after the pair."""
+        t1 = t0 + len(self.plan.offsets)
+        for key, val in _trajectory_values(z[:, t0:t1], y, self.plan.grid).items():
+            out[f"translate/{key}"] = val
+        out["translate/consistency"] = metrics.consistency(z[:, t1], z[:, t1 + 1])
+        cos = _cosine(f[:, t0:t1] if f is not None else None, self.plan.anchor)
+        if cos is not None:
+            out["translate/cosine"] = cos
+        return t1 + 2
+
+    def _scale_values(
+        self,
+        out: dict[str, Tensor],
+        z: Tensor,
+        f: Tensor | None,
+        y: Tensor,
+        t0: int,
+        scale_pairs: Tensor,
+    ) -> None:
+        t1 = t0 + len(self.plan.scales)
+        zs = z[:, t0:t1]
+        for key, val in _trajectory_values(zs, y).items():
+            out[f"scale/{key}"] = val
+        ar = torch.arange(z.shape[0], device=z.device)
+        sp = scale_pairs.to(z.device)
+        out["scale/consistency"] = metrics.consistency(zs[ar, sp[:, 0]], zs[ar, sp[:, 1]])
+        cos = _cosine(f[:, t0:t1] if f is not None else None, self.plan.scale_anchor)
+        if cos is not None:
+            out["scale/cosine"] = cos
 
 
 # --------------------------------------------------------------------------------- aggregation
@@ -544,80 +567,121 @@ def evaluate(
     """
     plan = make_plan(cfg_eval, image_size)
     rank, world = rank_and_world(gather)
-    tcfg = cfg_eval.typicality
-    method = str(tcfg.method)
-    if method not in typicality.METHODS:
-        raise ConfigError(
-            f"Invalid eval.typicality.method={method!r}; choose one of "
-            f"{', '.join(typicality.METHODS)}."
-        )
     splits = {name: _get_split(data, name) for name in split_names(data, cfg_eval)}
     render = plan.scale_protocol == "render" and renders_scales(data)
     scale_protocol = ("render" if render else "embed") if "scale" in plan.transforms else None
+    counts = {s: min(int(cfg_eval.n_images), len(sp.labels)) for s, sp in splits.items()}
     original_device = _model_device(model)
     device = torch.device(device) if device is not None else original_device
     was_training = model.training
     model.to(device).eval()
-
-    padding: dict[str, int] = {}
-    per_split: dict[str, dict[str, Tensor]] = {}
-    n_reference = 0
-    gen = torch.Generator().manual_seed(plan.seed)
     try:
         with torch.inference_mode(), PenultimateFeatures(model) as hook:
-            score = None
-            if method != "none":
-                ref = train_images if train_images is not None else _get_split(data, "train").images
-                ref = ref[: int(tcfg.n_reference)]
-                n_reference = int(ref.shape[0])
-                embed = typicality.embedder(
-                    method,
-                    model=model,
-                    size=plan.size,
-                    pixel_size=int(tcfg.pixel_size),
-                    device=device,
-                    batch_size=int(cfg_eval.batch_size),
-                    hook=hook,
-                )
-                reference = embed(ref)
-
-                def score(x: Tensor, centre_features: Tensor | None) -> Tensor:
-                    q = centre_features if method == "features" else embed(x)
-                    return typicality.knn_distance(q, reference, int(tcfg.k))
-
-            runner = _SplitEvaluator(model, hook, plan, device, int(cfg_eval.batch_size), score)
-            counts = {s: min(int(cfg_eval.n_images), len(sp.labels)) for s, sp in splits.items()}
-            total = sum(
-                len(shard_indices(n, rank, world)) if n >= world else n for n in counts.values()
+            score, n_reference = _typicality_scorer(
+                model, hook, data, train_images, plan, cfg_eval, device
             )
-            with tqdm(total=total, desc="invariance", disable=not progress, leave=False) as bar:
-                for name, sp in splits.items():
-                    images, labels, n = sp.images, sp.labels, counts[name]
-                    # Random pairs are drawn for all n images so every rank sees the same ones.
-                    pairs = random_pair_offsets(n, plan.max_shift, plan.step, gen)
-                    scale_pairs = distinct_pairs(n, max(len(plan.scales), 2), gen)
-                    if n == 0:
-                        continue
-                    # Fewer images than ranks: every rank evaluates all of them, no gather.
-                    sharded = gather is not None and world > 1 and n >= world
-                    idx = shard_indices(n, rank, world) if sharded else torch.arange(n)
-                    if plan.protocol in ("crop", "subpixel") and "translate" in plan.transforms:
-                        margin = (images.shape[-1] - plan.size) // 2
-                        padding[name] = 0 if margin > 0 else math.ceil(plan.max_shift)
-                    renders = None
-                    if scale_protocol == "render":  # every scale of the split, rendered once
-                        renders = data.render_scales(name, list(plan.scales), n)[idx]
-                    values = runner.run(
-                        images[idx], labels[idx], pairs[idx], scale_pairs[idx], bar, renders
-                    )
-                    if sharded:
-                        values = gather_values(values, idx, gather, n)
-                    values.update(_frame_values(sp.scene, n, plan, pairs, scale_protocol))
-                    per_split[name] = values
+            runner = _SplitEvaluator(model, hook, plan, device, int(cfg_eval.batch_size), score)
+            per_split, padding = _run_splits(
+                runner, data, splits, counts, plan, scale_protocol, gather, progress
+            )
     finally:
         model.train(was_training)
         model.to(original_device)
+    return _assemble_report(
+        per_split, splits, counts, padding, plan, cfg_eval, world, scale_protocol, n_reference
+    )
 
+
+def _typicality_scorer(
+    model: nn.Module,
+    hook: PenultimateFeatures,
+    data: Any,
+    train_images: Tensor | None,
+    plan: EvalPlan,
+    cfg_eval: Any,
+    device: torch.device,
+) -> tuple[Any, int]:
+    """``(score, n_reference)``: ``score(images uint8, centre features) -> [n]`` distances to the
+    k-th nearest training image in the typicality space (None when typicality is off)."""
+    tcfg = cfg_eval.typicality
+    method = str(tcfg.method)
+    if method == "none":
+        return None, 0
+    ref = train_images if train_images is not None else _get_split(data, "train").images
+    ref = ref[: int(tcfg.n_reference)]
+    embed = typicality.embedder(
+        method,
+        model=model,
+        size=plan.size,
+        pixel_size=int(tcfg.pixel_size),
+        device=device,
+        batch_size=int(cfg_eval.batch_size),
+        hook=hook,
+    )
+    reference = embed(ref)
+
+    def score(x: Tensor, centre_features: Tensor | None) -> Tensor:
+        q = centre_features if method == "features" else embed(x)
+        return typicality.knn_distance(q, reference, int(tcfg.k))
+
+    return score, int(ref.shape[0])
+
+
+def _run_splits(
+    runner: _SplitEvaluator,
+    data: Any,
+    splits: dict[str, _Split],
+    counts: dict[str, int],
+    plan: EvalPlan,
+    scale_protocol: str | None,
+    gather: GatherFn | None,
+    progress: bool,
+) -> tuple[dict[str, dict[str, Tensor]], dict[str, int]]:
+    """Per-image values of every split (this rank's shard, gathered) and the crop padding used."""
+    rank, world = rank_and_world(gather)
+    gen = torch.Generator().manual_seed(plan.seed)
+    padding: dict[str, int] = {}
+    per_split: dict[str, dict[str, Tensor]] = {}
+    total = sum(len(shard_indices(n, rank, world)) if n >= world else n for n in counts.values())
+    with tqdm(total=total, desc="invariance", disable=not progress, leave=False) as bar:
+        for name, sp in splits.items():
+            images, labels, n = sp.images, sp.labels, counts[name]
+            # Random pairs are drawn for all n images so every rank sees the same ones.
+            pairs = random_pair_offsets(n, plan.max_shift, plan.step, gen)
+            scale_pairs = distinct_pairs(n, max(len(plan.scales), 2), gen)
+            if n == 0:
+                continue
+            # Fewer images than ranks: every rank evaluates all of them, no gather.
+            sharded = gather is not None and world > 1 and n >= world
+            idx = shard_indices(n, rank, world) if sharded else torch.arange(n)
+            if plan.protocol in ("crop", "subpixel") and "translate" in plan.transforms:
+                margin = (images.shape[-1] - plan.size) // 2
+                padding[name] = 0 if margin > 0 else math.ceil(plan.max_shift)
+            renders = None
+            if scale_protocol == "render":  # every scale of the split, rendered once
+                renders = data.render_scales(name, list(plan.scales), n)[idx]
+            values = runner.run(
+                images[idx], labels[idx], pairs[idx], scale_pairs[idx], bar, renders
+            )
+            if sharded:
+                values = gather_values(values, idx, gather, n)
+            values.update(_frame_values(sp.scene, n, plan, pairs, scale_protocol))
+            per_split[name] = values
+    return per_split, padding
+
+
+def _assemble_report(
+    per_split: dict[str, dict[str, Tensor]],
+    splits: dict[str, _Split],
+    counts: dict[str, int],
+    padding: dict[str, int],
+    plan: EvalPlan,
+    cfg_eval: Any,
+    world: int,
+    scale_protocol: str | None,
+    n_reference: int,
+) -> dict[str, Any]:
+    """The report: per-split summaries, the protocol, gaps to typical, homogeneity, typicality."""
     groups = {
         s: None if splits[s].groups is None else splits[s].groups[: counts[s]].cpu()
         for s in per_split
@@ -637,7 +701,7 @@ def evaluate(
             report["splits"][s]["homogeneity"] = homogeneity.homogeneity_report(
                 crops, windows, int(cfg_eval.n_bootstrap), float(cfg_eval.ci_level), plan.seed
             )
-    if method != "none" and per_split:
+    if str(cfg_eval.typicality.method) != "none" and per_split:
         report["typicality"] = _typicality_report(per_split, groups, plan, cfg_eval, n_reference)
     return report
 

@@ -34,9 +34,9 @@ from eval.contrasts import NOT_RESOLVED, adjusted_verdict, contrast, holm, seeds
 from eval.plots import draw_cosine_map
 from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
-from train.config import ConfigError
-from train.figures import new_figure, save_figure
-from train.suggest import did_you_mean
+from invlab.config import ConfigError
+from invlab.figures import new_figure, save_figure
+from invlab.suggest import did_you_mean
 
 # Keys that never make two runs different experiments: bookkeeping, and how a run is executed
 # rather than what it computes (the on-device path gives the DataLoader's batches, compiled
@@ -184,7 +184,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     """The finished runs below ``paths``. A key a run's config lacks (the run predates the key)
     takes the key's default, which keeps the behaviour the run had, so such runs still group
     with newer ones."""
-    from train.config import schema, to_container
+    from invlab.config import schema, to_container
 
     defaults = flatten(to_container(schema()))
     runs = []

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.views import center_crop, to_float
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 METHODS = ("none", "pixels", "features")
 

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from train.config import ConfigError
-from train.imageops import center_crop, windows
+from invlab.config import ConfigError
+from invlab.imageops import center_crop, windows
 
 PROTOCOLS = ("crop", "embed", "circular", "subpixel")
 TRAJECTORIES = ("diagonal", "horizontal", "vertical", "grid")

@@ -1,6 +1,6 @@
 """Model registry and factory (built-in CNNs, timm, torchvision), antialiasing, weights I/O."""
 
-from .antialias import antialias, antialias_plan
+from .antialias import antialias
 from .antialias_methods import register_antialias
 from .blur import BlurDownsample
 from .cnn import CNN  # importing models.cnn registers the built-ins
@@ -16,7 +16,6 @@ __all__ = [
     "LoadResult",
     "PolyphaseDownsample",
     "antialias",
-    "antialias_plan",
     "build",
     "describe",
     "export_weights",

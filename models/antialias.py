@@ -220,7 +220,7 @@ def _targets(
     model: nn.Module, method: str, skip_first: bool, input_size: int
 ) -> list[tuple[str, nn.Module, str | None]]:
     """Every downsampling layer with why it is kept (None: it is rewritten): the one walk that
-    :func:`antialias` and its dry run :func:`antialias_plan` share (arguments already checked)."""
+    :func:`antialias` and its dry run share (arguments already checked)."""
     modules = _candidates(model)
     skipped = _skipped(model, modules, input_size) if skip_first else set()
     targets = []
@@ -234,27 +234,6 @@ def _targets(
     return targets
 
 
-def antialias_plan(
-    model: nn.Module,
-    method: str = "blur",
-    filt_size: int = 4,
-    pad_mode: str = "reflect",
-    skip_first: bool = False,
-    input_size: int = 32,
-) -> list[tuple[str, str, str]]:
-    """Dry run of :func:`antialias`: ``(module path, current layer, rewrite)`` per downsampling
-    layer, in module order. Layers kept by ``skip_first`` have the rewrite ``"kept (skip_first)"``.
-    """
-    _check(method, filt_size, pad_mode)
-    plan = []
-    for name, m, kept in _targets(model, method, skip_first, input_size):
-        act = _block_activation(model, name, m)
-        after = None if act is None else type(act).__name__
-        rewrite = kept or _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode, after)
-        plan.append((name, describe_layer(m), rewrite))
-    return plan
-
-
 def antialias(
     model: nn.Module,
     method: str = "blur",
@@ -262,8 +241,14 @@ def antialias(
     pad_mode: str = "reflect",
     skip_first: bool = False,
     input_size: int = 32,
-) -> nn.Module:
+    *,
+    dry_run: bool = False,
+) -> nn.Module | list[tuple[str, str, str]]:
     """Rewrite every strided conv / max-pool / avg-pool of ``model`` in place; returns ``model``.
+
+    ``dry_run=True`` changes nothing and returns the plan instead: ``(module path, current layer,
+    rewrite)`` per downsampling layer, in module order (layers kept by ``skip_first`` have the
+    rewrite ``"kept (skip_first)"``).
 
     Args:
         method: ``blur`` (Zhang's BlurPool), ``maxblur`` (the pooling rules only: max-pools
@@ -281,6 +266,8 @@ def antialias(
             block's conv and its 1x1 shortcut are both kept).
     """
     _check(method, filt_size, pad_mode)
+    if dry_run:
+        return _plan(model, method, filt_size, pad_mode, skip_first, input_size)
     if method == "none":
         return model
     param = next(model.parameters(), None)
@@ -301,3 +288,15 @@ def antialias(
         host.__class__ = _antialiased_class(type(host))
         host.downsample = down
     return model
+
+
+def _plan(
+    model: nn.Module, method: str, filt_size: int, pad_mode: str, skip_first: bool, input_size: int
+) -> list[tuple[str, str, str]]:
+    plan = []
+    for name, m, kept in _targets(model, method, skip_first, input_size):
+        act = _block_activation(model, name, m)
+        after = None if act is None else type(act).__name__
+        rewrite = kept or _rewrite_text(_kind(m), method, _stride(m), filt_size, pad_mode, after)
+        plan.append((name, describe_layer(m), rewrite))
+    return plan

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from train.registry import Registry
+from invlab.registry import Registry
 
 from .blur import BlurDownsample
 from .polyphase import PolyphaseDownsample
@@ -22,8 +22,8 @@ DownsamplerFn = Callable[[int, int, str], nn.Module]
 
 @dataclass(frozen=True)
 class AntialiasMethod:
-    """``downsampler(stride, filt_size, pad_mode)``; ``describe`` the same arguments as text
-    for ``antialias_plan``; ``convs``: strided convs are rewritten too (else pools only)."""
+    """``downsampler(stride, filt_size, pad_mode)``; ``describe`` the same arguments as text for
+    ``antialias(dry_run=True)``; ``convs``: strided convs are rewritten too (else pools only)."""
 
     downsampler: DownsamplerFn
     describe: Callable[[int, int, str], str]

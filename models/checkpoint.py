@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 _ZIP_MAGIC = b"PK"  # torch.save writes zip archives since torch 1.6
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from train.registry import Registry
+from invlab.registry import Registry
 
 DownsampleFn = Callable[[int, int, int, str, str], nn.Module | None]
 DOWNSAMPLERS: Registry[DownsampleFn] = Registry("downsampling layer")

@@ -16,8 +16,8 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from train.config import ConfigError
-from train.files import atomic_write_text
+from invlab.config import ConfigError
+from invlab.files import atomic_write_text
 
 from .checkpoint import CheckpointError, lightning_state, read_config, require_file, strip_prefixes
 

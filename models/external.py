@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from train.config import ConfigError
-from train.suggest import close_matches
+from invlab.config import ConfigError
+from invlab.suggest import close_matches
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> ConfigError:

@@ -9,9 +9,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from train.config import ConfigError, ModelConfig
+from invlab.config import ConfigError, ModelConfig
 
-from .antialias import antialias, antialias_plan
+from .antialias import antialias
 from .external import adapt_small_input, create_timm, create_torchvision, timm_blurpool
 from .registry import EXTERNAL_PREFIXES, list_models, model_entrypoint
 from .weights import load_weights
@@ -149,7 +149,7 @@ def describe(name_or_cfg: Any = None, num_classes: int = 10) -> str:
         method = aa.method if aa.method != "none" else "blur"
         filt, pad, skip = aa.filt_size, aa.pad_mode, aa.skip_first
     model = create(cfg, num_classes)
-    plan = antialias_plan(model, method, filt, pad, skip, _input_size(cfg))
+    plan = antialias(model, method, filt, pad, skip, _input_size(cfg), dry_run=True)
     head = (
         f"{cfg.name}: {type(model).__name__}, {_n_params(model)} parameters "
         f"({num_classes} classes, small_input={cfg.small_input})\n"

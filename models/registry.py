@@ -13,7 +13,7 @@ from typing import overload
 
 from torch import nn
 
-from train.registry import Registry
+from invlab.registry import Registry
 
 EXTERNAL_PREFIXES = ("timm:", "tv:")
 

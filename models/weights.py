@@ -11,7 +11,7 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 from .checkpoint import read_state_dict, strip_prefixes
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.config import Config, load_config
+from invlab.config import Config
+from train.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_YAML = REPO / "configs" / "default.yaml"

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
+from invlab.config import ConfigError
 from models import BlurDownsample, PolyphaseDownsample
-from train.config import ConfigError
 
 
 def reference_blur(x: torch.Tensor, k: int, stride: int, pad_mode: str) -> torch.Tensor:
@@ -130,7 +130,7 @@ def _check_rewrite(base: nn.Module, method: str, x: torch.Tensor, **kw) -> nn.Mo
     state = base.state_dict()
     with torch.no_grad():
         y = base(x)
-    plan = models.antialias_plan(base, method, **kw)
+    plan = models.antialias(base, method, **kw, dry_run=True)
     assert [p for p, _, _ in plan] == strided_layers(base)
     aa = models.antialias(copy.deepcopy(base), method, **kw)
     assert strided_layers(aa) == []
@@ -163,7 +163,7 @@ def test_conv_norm_act_block_blurs_after_its_activation() -> None:
         if isinstance(m, nn.BatchNorm2d):  # non-trivial running statistics
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    plan = models.antialias_plan(base, "blur", filt_size=3)
+    plan = models.antialias(base, "blur", filt_size=3, dry_run=True)
     assert plan[0][2] == "Conv2d(s1) ... ReLU + Blur(k3, s2, reflect)"
     x = torch.randn(2, 3, 32, 32)
     split = models.antialias(copy.deepcopy(base), "blur", filt_size=1)
@@ -198,7 +198,7 @@ def test_maxblur_rewrites_pools_only() -> None:
     b = models.antialias(copy.deepcopy(pooled), "maxblur", 4)
     torch.testing.assert_close(a(x), b(x), atol=0, rtol=0)  # MaxBlurPool on every max-pool
     strided = _cnn("conv")
-    plan = models.antialias_plan(strided, "maxblur")
+    plan = models.antialias(strided, "maxblur", dry_run=True)
     assert plan and all(r == "kept (maxblur: pools only)" for _, _, r in plan)
     before = strided_layers(strided)
     assert strided_layers(models.antialias(strided, "maxblur")) == before
@@ -235,13 +235,13 @@ def test_antialias_timm_mobile_nets(name: str) -> None:
 
 def test_nothing_to_rewrite_without_downsampling() -> None:
     model = _cnn("none")
-    assert models.antialias_plan(model) == []
+    assert models.antialias(model, dry_run=True) == []
     assert models.antialias(model) is model
 
 
 def test_skip_first_keeps_the_highest_resolution_layers() -> None:
     base = models.build({"name": "tv:resnet18", "small_input": False}, num_classes=10)
-    plan = models.antialias_plan(base, skip_first=True)
+    plan = models.antialias(base, skip_first=True, dry_run=True)
     kept = [p for p, _, r in plan if r.startswith("kept")]
     assert kept == ["conv1"]  # 32 px input: conv1 sees 32x32, the max-pool 16x16
     aa = models.antialias(base, skip_first=True)

@@ -15,7 +15,8 @@ from augment import show
 from augment.colour import RandomColourJiggle, luma, saturation_hue_matrix
 from augment.policy import PerSamplePolicy
 from augment.shift import border_median, pad_image, shift_batch
-from train.config import ConfigError, load_config
+from invlab.config import ConfigError
+from train.config import load_config
 
 RANDOM_PRESETS = [p for p in augment.list_presets() if p != "none"]
 ALL_PRESETS = ["none", *RANDOM_PRESETS]

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import augment
+from invlab.config import ConfigError
 from tests.conftest import tiny_config
-from train.config import ConfigError, load_config
+from train.config import load_config
 from train.fit import fit
 from train.module import Classifier
 

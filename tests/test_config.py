@@ -8,8 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from invlab.config import ConfigError, as_config, save_config, to_container
 from tests.conftest import DEFAULT_YAML, REPO
-from train.config import ConfigError, from_container, load_config, save_config, to_container
+from train.config import load_config
 
 
 def test_defaults_and_merge_order(tmp_path: Path) -> None:
@@ -89,7 +90,7 @@ def test_plain_container_roundtrip_and_weights_only(tmp_path: Path) -> None:
     assert type(plain) is dict and type(plain["data"]) is dict
     torch.save({"config": plain}, tmp_path / "c.pt")  # what a checkpoint stores
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)["config"]
-    assert from_container(loaded) == cfg
+    assert as_config(loaded) == cfg
     save_config(cfg, tmp_path / "run" / "config.yaml")
     assert load_config(tmp_path / "run" / "config.yaml") == cfg
-    assert OmegaConf.is_config(from_container(loaded))
+    assert OmegaConf.is_config(as_config(loaded))

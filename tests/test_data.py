@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from train.config import ConfigError, PlacementConfig, load_config
+from invlab.config import ConfigError, PlacementConfig
+from train.config import load_config
 from train.data import (
     ArrayPool,
     Objects,

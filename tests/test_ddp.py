@@ -24,8 +24,8 @@ from torch import Tensor
 
 from eval.callback import InvarianceMonitor
 from eval.distributed import LightningGather, gather_values, shard_indices
+from invlab.config import Config, to_container
 from tests.conftest import DEFAULT_YAML, TINY_OVERRIDES, tiny_config
-from train.config import Config, to_container
 from train.data import build_datamodule
 from train.module import Classifier
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from invlab.config import ConfigError
 from tests.conftest import tiny_config
 from tests.test_fit import _CrashAtEpochStart
-from train.config import ConfigError, load_config
+from train.config import load_config
 from train.data import build_datamodule
 from train.data.device_loader import DeviceBatches, use_on_device
 from train.fit import fit

@@ -683,10 +683,10 @@ def test_rendered_scales_sharded_equal_single_process() -> None:
 
 def test_evaluate_checkpoint_lightning_and_plain_weights(tmp_path: Path) -> None:
     import models
-    from eval.standalone import evaluate_checkpoint
-    from train.config import to_container
+    from invlab.config import to_container
     from train.data import build_datamodule
     from train.module import Classifier
+    from train.standalone import evaluate_checkpoint
 
     cfg = load_config(overrides=SMALL)
     dm = build_datamodule(cfg)
@@ -709,7 +709,7 @@ def test_evaluate_checkpoint_lightning_and_plain_weights(tmp_path: Path) -> None
 
 def test_config_mistakes_are_config_errors() -> None:
     from eval.runner import make_plan
-    from train.config import ConfigError
+    from invlab.config import ConfigError
 
     with pytest.raises(ConfigError, match="at least 1 px"):
         make_plan(eval_cfg("eval.max_shift_px=0"), SIZE)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
+from invlab.figures import new_figure, save_figure
 from tests.conftest import REPO
-from train.figures import new_figure, save_figure
 
 
 def test_saved_png_has_the_requested_size_and_replaces_atomically(tmp_path: Path) -> None:

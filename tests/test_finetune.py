@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import models
+from invlab.config import ConfigError
 from tests.conftest import tiny_config
-from train.config import ConfigError
 from train.fit import fit
 from train.module import Classifier
 

@@ -10,8 +10,9 @@ import lightning.pytorch as L
 import pytest
 import torch
 
+from invlab.config import Config, ConfigError
 from tests.conftest import DEFAULT_YAML, tiny_config
-from train.config import Config, ConfigError, load_config
+from train.config import load_config
 from train.fit import fit
 from train.module import Classifier
 
@@ -198,7 +199,7 @@ def test_last_checkpoint_holds_the_final_weights_when_the_best_is_earlier(tmp_pa
     }
 
     # ... and so is its invariance block, re-evaluated from the file by `invlab eval`'s function.
-    from eval.standalone import evaluate_checkpoint
+    from train.standalone import evaluate_checkpoint
 
     report = evaluate_checkpoint(last, cfg, tmp_path / "ev", progress=False, device="cpu")
     for split, block in metrics["invariance"]["splits"].items():
@@ -320,7 +321,7 @@ def test_finetune_antialiased_from_baseline_checkpoint(tmp_path: Path) -> None:
     assert ft.last_checkpoint.is_file()
 
     # The fine-tuned checkpoint is self-contained: it evaluates after its source is gone.
-    from eval.standalone import evaluate_checkpoint
+    from train.standalone import evaluate_checkpoint
 
     for path in base.run_dir.glob("checkpoints/*.ckpt"):
         path.unlink()

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.config import ConfigError, PlacementConfig, changed_factors, load_config
+from invlab.config import ConfigError, PlacementConfig, changed_factors
+from train.config import load_config
 from train.data import build_datamodule
 from train.data.background import draw_background, paint_background
 from train.data.datamodule import allocate_instances

@@ -7,8 +7,8 @@ import torch
 
 from augment.shift import RandomIntegerShift, shift_batch
 from eval.views import translate_views
+from invlab.imageops import center_crop, windows
 from train.data import center_crop as data_center_crop
-from train.imageops import center_crop, windows
 
 
 def _images(n: int = 6, size: int = 12, seed: int = 0) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import tiny_config
 from train.loggers import build_loggers, resolve_wandb_mode
@@ -98,3 +99,69 @@ def test_resumed_run_continues_the_same_wandb_run_and_logs_the_config_once(
     for path in offline:  # on disk: augment.max_shift_px and eval.max_shift_px, once each
         raw = next(path.glob("run-*.wandb")).read_bytes()
         assert raw.count(b"max_shift_px") == 2
+
+
+def wandb_exit_code(run_dir: Path) -> int | None:
+    """The exit code recorded in an offline run's transaction log (None: the run never finished).
+
+    The log is LevelDB's record format (7-byte file header, 32 KiB blocks, each record a 7-byte
+    header + payload, split across blocks as first/middle/last) holding W&B ``Record`` protobufs.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (log,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    raw, pos, block, buf, code = log.read_bytes(), 7, 32768, b"", None
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        buf += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full or last fragment: one record
+            record = pb.Record()
+            record.ParseFromString(buf)
+            if record.WhichOneof("record_type") == "exit":
+                code = record.exit.exit_code
+            buf = b""
+        elif kind == 0:
+            break
+    return code
+
+
+def test_a_failed_fit_finishes_its_wandb_run_marked_failed(no_credentials, tmp_path: Path) -> None:
+    import lightning.pytorch as L
+
+    from train.fit import fit
+
+    class Boom(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            raise RuntimeError("boom")
+
+    args = ("logger.wandb.mode=offline", "eval.enabled=false")
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tiny_config(tmp_path, "name=bad", *args), callbacks=[Boom()])
+    assert wandb_exit_code(tmp_path / "bad") == 1
+    good = fit(tiny_config(tmp_path, "name=good", *args))
+    assert wandb_exit_code(good.run_dir) == 0
+
+
+def test_parameter_counts_are_logged_and_follow_freeze(tmp_path: Path) -> None:
+    import yaml
+
+    from train.fit import fit, parameter_counts
+
+    args = ("logger.wandb.mode=disabled", "eval.enabled=false")
+    full = fit(tiny_config(tmp_path, "name=full", *args))
+    frozen = fit(tiny_config(tmp_path, "name=frozen", *args, "model.freeze=[features.stage0.*]"))
+    logged = [
+        yaml.safe_load((r.run_dir / "csv" / "hparams.yaml").read_text())["parameters"]
+        for r in (full, frozen)
+    ]
+    assert logged[0]["total"] == logged[1]["total"] == logged[0]["trainable"]
+    assert 0 < logged[1]["trainable"] < logged[1]["total"]
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    net[0].weight.requires_grad_(False)
+    assert parameter_counts(net) == {"total": 8 + 3, "trainable": 2 + 3}

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import models
+from invlab.config import ConfigError
 from models.cnn import CNN
 from models.registry import MODELS
-from train.config import ConfigError, load_config
+from train.config import load_config
 
 
 def _x(n: int = 2, size: int = 32) -> torch.Tensor:

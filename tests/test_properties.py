@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from eval import metrics
-from train.config import ConfigError, PlacementConfig, load_config
+from invlab.config import ConfigError, PlacementConfig
+from train.config import load_config
 from train.data.placement import FrameRule
 from train.data.render import render_scene, render_split
 from train.data.shapes import ShapePool

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
-from train.provenance import (
+from invlab.provenance import (
     checkpoint_position,
     collect_provenance,
     git_state,
     relative_path,
 )
+from tests.conftest import REPO
 
 
 def _git(*args: str) -> str:

@@ -14,18 +14,19 @@ from torch import nn
 
 import models
 from augment.registry import PRESETS, register_preset
+from invlab.config import ConfigError
+from invlab.registry import Registry
+from invlab.suggest import CUTOFF, close_matches, did_you_mean
 from models.antialias_methods import ANTIALIAS_METHODS, register_antialias
 from models.downsampling import DOWNSAMPLERS, register_downsample
 from models.registry import MODELS, register_model
 from tests.conftest import tiny_config
 from train.cli import main
-from train.config import ConfigError, load_config
+from train.config import load_config
 from train.data import ArrayPool, Source, build_datamodule, register_source
 from train.data.registry import SOURCES
 from train.fit import fit
 from train.module import Classifier
-from train.registry import Registry
-from train.suggest import CUTOFF, close_matches, did_you_mean
 
 
 # ------------------------------------------------------------------------------ the rule
@@ -217,10 +218,12 @@ def test_user_antialias_method_is_accepted_and_applied(tmp_path: Path) -> None:
         added = [m for m in net.modules() if isinstance(m, SkipDownsample)]
         assert len(added) == 1 and added[0].stride == 2  # one max-pool between two stages
         assert net(torch.rand(2, 3, 16, 16)).shape == (2, 3)
-        plan = models.antialias_plan(models.build({"name": "cnn"}, 3), "test_skip")
+        plan = models.antialias(models.build({"name": "cnn"}, 3), "test_skip", dry_run=True)
         assert [row[2] for row in plan] == ["kept (test_skip: pools only)"] * 2  # strided convs
         pooled = models.build({"name": "cnn", "downsample": "avgpool"}, 3)
-        assert [r[2] for r in models.antialias_plan(pooled, "test_skip")] == ["Skip(s2)"] * 2
+        assert [r[2] for r in models.antialias(pooled, "test_skip", dry_run=True)] == [
+            "Skip(s2)"
+        ] * 2
     finally:
         ANTIALIAS_METHODS.remove("test_skip")
 

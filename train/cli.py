@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from train.config import ConfigError, load_config, to_yaml
+from invlab.config import ConfigError, to_yaml
+from train.config import load_config
 
 EXIT_USAGE = 2
 
@@ -98,7 +99,7 @@ def _existing_checkpoint(path: str) -> Path:
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from eval.report import format_table
-    from eval.standalone import evaluate_checkpoint
+    from train.standalone import evaluate_checkpoint
 
     ckpt = _existing_checkpoint(ns.checkpoint)
     base = read_checkpoint_config(ckpt)

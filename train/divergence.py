@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 
 class LossDiverged(ConfigError):

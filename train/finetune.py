@@ -7,7 +7,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 _SHOWN = 6
 

@@ -22,16 +22,16 @@ from typing import Any
 import lightning.pytorch as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
 
 from eval.report import write_json
-from train.config import Config, ConfigError, save_config, to_container
+from invlab.config import Config, ConfigError, save_config, to_container
+from invlab.provenance import checkpoint_position, collect_provenance, relative_path
 from train.data import build_datamodule
 from train.divergence import StopOnNonFiniteLoss
-from train.loggers import build_loggers
+from train.loggers import build_loggers, close_loggers
 from train.module import Classifier
-from train.provenance import checkpoint_position, collect_provenance, relative_path
 
 
 @dataclass
@@ -214,7 +214,42 @@ def fit(
     ``resume`` continues ``<run_dir>/checkpoints/last.ckpt``; ``overwrite`` replaces an existing
     run directory; ``callbacks`` are added to invlab's own.
     """
-    # Data and evaluation settings are checked (every split rendered) before anything is written.
+    dm, trainer_kwargs = _check_before_writing(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Built before the run dir: init_from, model.freeze and optim.lr_mult are checked first.
+    model = Classifier(cfg, num_classes=dm.num_classes)
+    run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    notes = [*dm.notes, *_write_run_header(cfg, run_dir, model)]
+    loggers, logger_notes = build_loggers(cfg, run_dir, rank=global_rank(), resume=resume)
+    notes += logger_notes
+    status = "failed"
+    try:
+        _log_parameter_counts(model, loggers)
+        run = _RunCallbacks.build(cfg, dm, run_dir, callbacks, with_lr=bool(loggers))
+        trainer = L.Trainer(
+            **trainer_kwargs,
+            default_root_dir=str(run_dir),
+            logger=loggers or False,
+            callbacks=run.all,
+        )
+        if trainer.is_global_zero:
+            _save_samples(model, dm, run_dir, loggers)
+        splits, accuracies = _train_and_test(trainer, model, dm, ckpt_path, resume)
+        metrics = _metrics(cfg, dm, trainer, run, splits, accuracies)
+        if trainer.is_global_zero:
+            write_json(metrics, run_dir / "metrics.json")
+            _log_final(loggers, metrics, trainer.global_step)
+        status = "success"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        close_loggers(loggers, status)
+    return FitResult(run_dir, metrics, run.last, run.best, notes)
+
+
+def _check_before_writing(cfg: Config) -> tuple[Any, dict[str, Any]]:
+    """Data (every split rendered), evaluation and trainer settings, before anything is written."""
     dm = build_datamodule(cfg)
     dm.setup("fit")
     if cfg.eval.enabled:
@@ -226,63 +261,101 @@ def fit(
         trainer_kwargs.setdefault("limit_val_batches", 0)
     check_trainer(trainer_kwargs)
     check_schedule(cfg, len(dm.split("train").labels), trainer_kwargs)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Built before the run dir: init_from, model.freeze and optim.lr_mult are checked first.
-    model = Classifier(cfg, num_classes=dm.num_classes)
-    run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    load_note = []
-    if global_rank() == 0:
-        save_config(cfg, run_dir / "config.yaml")
-        if model.load_report is not None:
-            write_json(model.load_report, run_dir / "load_report.json")
-            load_note = [f"{model.load_summary()}; details in {run_dir / 'load_report.json'}."]
+    return dm, trainer_kwargs
 
-    loggers, notes = build_loggers(cfg, run_dir, rank=global_rank(), resume=resume)
-    notes = [*dm.notes, *load_note, *notes]
-    ckpt_dir = run_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor="val/accuracy",
-        mode="max",
-        save_top_k=1,
-    )
-    # Order matters: last.ckpt is written after the best callback updated its state.
-    all_callbacks: list[Any] = [
-        StopOnNonFiniteLoss(ckpt_dir / "last.ckpt"),
-        checkpoint,
-        LastCheckpoint(ckpt_dir),
-        *callbacks,
-    ]
-    monitor = None
-    if cfg.eval.enabled:
-        from eval.callback import InvarianceMonitor
 
-        monitor = InvarianceMonitor(
-            cfg.eval,
-            image_size=cfg.data.image_size,
-            out_dir=run_dir,
-            checkpoint=ckpt_dir / "last.ckpt",
-            context={"data": dm.split_info(), "augment": _augment_summary(cfg)},
+def _write_run_header(cfg: Config, run_dir: Path, model: Classifier) -> list[str]:
+    """``config.yaml`` and ``load_report.json`` (rank 0); the notes about what was loaded."""
+    if global_rank() != 0:
+        return []
+    save_config(cfg, run_dir / "config.yaml")
+    if model.load_report is None:
+        return []
+    write_json(model.load_report, run_dir / "load_report.json")
+    return [f"{model.load_summary()}; details in {run_dir / 'load_report.json'}."]
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Total and trainable parameters (``model.freeze`` changes the second)."""
+    params = list(model.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def _log_parameter_counts(model: Classifier, loggers: list[Any]) -> None:
+    counts = parameter_counts(model.net)
+    for logger in loggers:
+        logger.log_hyperparams({"parameters": counts})
+
+
+@dataclass
+class _RunCallbacks:
+    """invlab's callbacks of one run, in the order they must run."""
+
+    checkpoint: ModelCheckpoint
+    last: Path
+    monitor: Any
+    all: list[Any]
+
+    @property
+    def best(self) -> Path | None:
+        return Path(self.checkpoint.best_model_path) if self.checkpoint.best_model_path else None
+
+    @classmethod
+    def build(
+        cls,
+        cfg: Config,
+        dm: Any,
+        run_dir: Path,
+        extra: Sequence[L.Callback],
+        with_lr: bool,
+    ) -> _RunCallbacks:
+        ckpt_dir = run_dir / "checkpoints"
+        checkpoint = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="best-epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            monitor="val/accuracy" if cfg.data.n_val > 0 else None,
+            mode="max",
+            save_top_k=1,
         )
-        all_callbacks.append(monitor)
-    if loggers:
-        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+        # Order matters: last.ckpt is written after the best callback updated its state.
+        callbacks: list[Any] = [
+            StopOnNonFiniteLoss(ckpt_dir / "last.ckpt"),
+            checkpoint,
+            LastCheckpoint(ckpt_dir),
+            *extra,
+        ]
+        monitor = None
+        if cfg.eval.enabled:
+            from eval.callback import InvarianceMonitor
 
-    if cfg.data.n_val == 0:
-        checkpoint.monitor = None
-    trainer = L.Trainer(
-        **trainer_kwargs,
-        default_root_dir=str(run_dir),
-        logger=loggers or False,
-        callbacks=all_callbacks,
-    )
-    if trainer.is_global_zero:
-        from train.data.show import save_split_grid
+            monitor = InvarianceMonitor(
+                cfg.eval,
+                image_size=cfg.data.image_size,
+                out_dir=run_dir,
+                checkpoint=ckpt_dir / "last.ckpt",
+                context={"data": dm.split_info(), "augment": _augment_summary(cfg)},
+            )
+            callbacks.append(monitor)
+        if with_lr:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return cls(checkpoint, ckpt_dir / "last.ckpt", monitor, callbacks)
 
-        save_split_grid(dm, run_dir / "reports" / "data_samples.png")
-        _augment_samples(model, dm, run_dir, loggers)
+
+def _save_samples(model: Classifier, dm: Any, run_dir: Path, loggers: list[Any]) -> None:
+    from train.data.show import save_split_grid
+
+    save_split_grid(dm, run_dir / "reports" / "data_samples.png")
+    _augment_samples(model, dm, run_dir, loggers)
+
+
+def _train_and_test(
+    trainer: L.Trainer, model: Classifier, dm: Any, ckpt_path: Path | None, resume: bool
+) -> tuple[list[str], dict[str, float]]:
+    """Fit, then test the final weights on val and every held-out split with images."""
     with warnings.catch_warnings():
         # Expected here: uint8 batches move to the device, then the module augments them.
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -300,42 +373,49 @@ def fit(
     merged: dict[str, float] = {}
     for r in results:
         merged.update(r)
+    return splits, merged
+
+
+def _metrics(
+    cfg: Config,
+    dm: Any,
+    trainer: L.Trainer,
+    run: _RunCallbacks,
+    splits: list[str],
+    accuracies: dict[str, float],
+) -> dict[str, Any]:
+    """``metrics.json``: final accuracies, checkpoints, invariance report, config, provenance."""
+    run_dir = run.last.parent.parent
     metrics: dict[str, Any] = {
         "name": cfg.name,
-        "splits": {s: {"accuracy": merged[f"{s}/accuracy"]} for s in splits},
+        "splits": {s: {"accuracy": accuracies[f"{s}/accuracy"]} for s in splits},
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "num_classes": dm.num_classes,
         "data": dm.split_info(),
         "config": to_container(cfg),  # results keep the config that produced them
     }
-    last = ckpt_dir / "last.ckpt"
-    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     # The accuracies above are those of the final weights, which last.ckpt holds.
-    metrics["checkpoint"] = _checkpoint_block(last, run_dir)
-    metrics["best_checkpoint"] = _checkpoint_block(best, run_dir)
+    metrics["checkpoint"] = _checkpoint_block(run.last, run_dir)
+    metrics["best_checkpoint"] = _checkpoint_block(run.best, run_dir)
     if metrics["best_checkpoint"] is not None:
-        score = checkpoint.best_model_score
-        metrics["best_checkpoint"]["monitor"] = checkpoint.monitor
+        score = run.checkpoint.best_model_score
+        metrics["best_checkpoint"]["monitor"] = run.checkpoint.monitor
         metrics["best_checkpoint"]["score"] = None if score is None else float(score)
-    if monitor is not None and monitor.final_report is not None:
-        metrics["invariance"] = monitor.final_report
+    if run.monitor is not None and run.monitor.final_report is not None:
+        metrics["invariance"] = run.monitor.final_report
     block = metrics["checkpoint"] or {}
     metrics["provenance"] = collect_provenance(
         device=trainer.strategy.root_device,
-        checkpoint=last,
+        checkpoint=run.last,
         global_step=block.get("global_step"),
         epoch=block.get("epoch"),
         relative_to=run_dir,
     )
-    if trainer.is_global_zero:
-        write_json(metrics, run_dir / "metrics.json")
-        for logger in loggers:
-            logger.log_metrics(
-                {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()},
-                step=trainer.global_step,
-            )
-            logger.finalize("success")
-            if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
-    return FitResult(run_dir, metrics, last, best, notes)
+    return metrics
+
+
+def _log_final(loggers: list[Any], metrics: dict[str, Any], step: int) -> None:
+    final = {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()}
+    for logger in loggers:
+        logger.log_metrics(final, step=step)

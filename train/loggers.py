@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
-from train.config import Config, to_container
-from train.files import atomic_write_text
+from invlab.config import Config, to_container
+from invlab.files import atomic_write_text
 
 
 def wandb_credentials_available() -> bool:
@@ -116,3 +116,14 @@ def build_loggers(
             WandbLogger(experiment=run, log_model=bool(cfg.logger.wandb.log_model and online))
         )
     return loggers, notes
+
+
+def close_loggers(loggers: list[Logger], status: str) -> None:
+    """Finalize every logger and finish the W&B run, marked failed (exit code 1) unless
+    ``status`` is ``"success"``, so that a crashed or interrupted run does not stay open."""
+    for logger in loggers:
+        try:
+            logger.finalize(status)
+        finally:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish(exit_code=0 if status == "success" else 1)

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 import augment
 import models
-from train.config import Config, ConfigError, from_container, to_container
+from invlab.config import Config, ConfigError, as_config, to_container
 from train.finetune import freeze, lr_multipliers
+from train.plugins import import_plugins
 
 
 class Normalize(nn.Module):
@@ -61,7 +62,9 @@ class Classifier(L.LightningModule):
         """``init_weights=False`` skips ``model.pretrained``/``init_from`` (the weights are about
         to be restored from a checkpoint, and the files they came from may be gone)."""
         super().__init__()
-        cfg: Config = from_container(to_container(config))
+        # Typed again but not re-validated: the config passed load_config when the run started.
+        cfg: Config = as_config(to_container(config))
+        import_plugins(cfg.plugins)  # a checkpoint of a plug-in model needs its registration
         # Plain containers only: a DictConfig in hparams breaks weights_only checkpoint loading.
         # logger=False: loggers get the config once, from train.loggers (not again as "config").
         self.save_hyperparameters(

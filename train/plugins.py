@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 
-from train.config import ConfigError
+from invlab.config import ConfigError
 
 
 def import_plugins(modules: Iterable[str]) -> None:

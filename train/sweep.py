@@ -32,8 +32,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from train.config import Config, ConfigError, load_config
-from train.files import atomic_write_text
+from invlab.config import Config, ConfigError
+from invlab.files import atomic_write_text
+from train.config import load_config
 
 STATUSES = ("done", "resumed", "skipped", "failed", "planned")
 

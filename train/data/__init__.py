@@ -1,5 +1,6 @@
 """Data: object sources, canvas rendering with placement distributions, the datamodule."""
 
+from invlab.imageops import center_crop
 from train.data import digits, folder, shapes, torchvision_sources  # noqa: F401  (register sources)
 from train.data.datamodule import InvDataModule, SplitData, build_datamodule
 from train.data.registry import (
@@ -11,7 +12,6 @@ from train.data.registry import (
     list_sources,
     register_source,
 )
-from train.imageops import center_crop
 
 __all__ = [
     "ArrayPool",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from train.config import (
+from invlab.config import (
     Config,
     ConfigError,
     PlacementConfig,
@@ -30,13 +30,13 @@ from train.config import (
     heldout_splits,
     ordered_heldout,
 )
+from invlab.imageops import center_crop
 from train.data.background import TEXTURE_CELLS
 from train.data.device_loader import DeviceBatches, use_on_device
 from train.data.placement import FrameRule
 from train.data.registry import ObjectPool, Source, build_source
 from train.data.render import Scene, render_scene, render_split, resize_split
 from train.data.sampler import EpochSeededSampler
-from train.imageops import center_crop
 
 __all__ = [
     "InvDataModule",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.config import DataConfig
+from invlab.config import DataConfig
 from train.data.colorize import stroke_objects
 from train.data.registry import ArrayPool, Source, register_source
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from train.config import ConfigError, DataConfig
+from invlab.config import ConfigError, DataConfig
 from train.data.registry import ObjectPool, Objects, Source, register_source
 
 HELDOUT_FRACTION = 0.2

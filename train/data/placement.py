@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.config import PlacementConfig
+from invlab.config import PlacementConfig
 
 __all__ = ["FrameRule", "Placement", "sample_offsets", "sample_placement"]
 

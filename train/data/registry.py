@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train.config import DataConfig
-from train.registry import Registry
+from invlab.config import DataConfig
+from invlab.registry import Registry
 
 __all__ = [
     "ArrayPool",

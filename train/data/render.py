@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from train.config import ConfigError, PlacementConfig
+from invlab.config import ConfigError, PlacementConfig
 from train.data.background import draw_background, paint_background
 from train.data.placement import MAX_ROUNDS, FrameRule, Placement, sample_offsets, sample_placement
 from train.data.registry import ObjectPool, Objects

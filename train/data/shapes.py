@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train.config import DataConfig
+from invlab.config import DataConfig
 from train.data.colorize import hsv_to_rgb
 from train.data.registry import ObjectPool, Objects, Source, register_source
 

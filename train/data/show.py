@@ -7,8 +7,8 @@ from pathlib import Path
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from invlab.figures import new_figure, save_figure
 from train.data.datamodule import InvDataModule
-from train.figures import new_figure, save_figure
 
 
 def save_split_grid(dm: InvDataModule, path: str | Path, n: int = 10) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.config import ConfigError, DataConfig
+from invlab.config import ConfigError, DataConfig
 from train.data.colorize import stroke_objects
 from train.data.registry import ArrayPool, Source, register_source
 

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from train.files import atomic_write_bytes
+from invlab.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

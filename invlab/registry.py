@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from train.config import ConfigError
-from train.suggest import did_you_mean
+from invlab.config import ConfigError
+from invlab.suggest import did_you_mean
 
 T = TypeVar("T")
 

@@ -9,9 +9,9 @@ import torch
 
 from eval.report import write_json
 from eval.runner import evaluate
+from invlab.config import ConfigError, to_container
+from invlab.provenance import collect_provenance
 from models.checkpoint import lightning_state, require_file
-from train.config import ConfigError, to_container
-from train.provenance import collect_provenance
 
 
 def default_device() -> torch.device:
