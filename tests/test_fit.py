@@ -346,11 +346,12 @@ def test_only_rank_zero_touches_an_existing_run_dir(
     marker = tmp_path / "default" / "config.yaml"
     marker.write_text("written by rank 0")
     monkeypatch.setattr(rank_zero_only, "rank", 1)
-    run_dir, ckpt = prepare_run_dir(cfg, resume=False, overwrite=True)
-    assert run_dir == tmp_path / "default" and ckpt is None
+    run_dir, ckpt, lock = prepare_run_dir(cfg, resume=False, overwrite=True)
+    assert run_dir == tmp_path / "default" and ckpt is None and lock is None
     assert marker.read_text() == "written by rank 0"
     monkeypatch.setattr(rank_zero_only, "rank", 0)
-    prepare_run_dir(cfg, resume=False, overwrite=True)
+    _, _, lock = prepare_run_dir(cfg, resume=False, overwrite=True)
+    lock.release()
     assert not marker.exists()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from invlab.config import ConfigError, to_yaml
 from train.config import load_config
+from train.signals import Interrupted
 
 EXIT_USAGE = 2
 
@@ -344,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    except Interrupted as err:
+        print(f"invlab {ns.command}: {err.message}", file=sys.stderr)
+        return int(err.code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

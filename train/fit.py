@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import signal
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from train.data import build_datamodule
 from train.divergence import StopOnNonFiniteLoss
 from train.loggers import build_loggers, close_loggers
 from train.module import Classifier
+from train.rundir import DirLock, inside, run_directory
+from train.signals import Interrupted, record_signals
 
 
 @dataclass
@@ -86,37 +89,96 @@ def global_rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
-def prepare_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
-    """Create the run directory; refuse to clobber an earlier run unless told to.
+def prepare_run_dir(
+    cfg: Config, *, resume: bool, overwrite: bool, model: nn.Module | None = None
+) -> tuple[Path, Path | None, DirLock | None]:
+    """Claim the run directory: ``(run_dir, checkpoint to resume or None, the lock held)``.
 
-    Under DDP every rank runs ``fit``; only rank 0 checks, replaces or creates the directory
-    (the other ranks start after it, or at once under SLURM, and must not delete its files).
+    Everything is checked before anything is written: the name, the checkpoint to resume (it
+    exists and fits ``model``), and that ``--overwrite`` would not delete an input of this run.
+    The lock is then taken (a second writer is refused), and only then is an earlier run
+    replaced. Under DDP every rank runs ``fit``; only rank 0 checks, locks, replaces or creates
+    the directory (the other ranks must not delete its files).
     """
     if resume and overwrite:
         raise ConfigError("Choose one of --resume and --overwrite, not both.")
-    run_dir = Path(cfg.out_dir) / cfg.name
+    run_dir = run_directory(cfg)
     last = run_dir / "checkpoints" / "last.ckpt"
     if global_rank() != 0:
         _make_dir(run_dir)
-        return run_dir, last if resume else None
-    has_run = (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()
-    if resume:
-        # Lightning's ckpt_path="last" silently starts from scratch when nothing is found.
-        if not last.exists():
+        return run_dir, last if resume else None, None
+    if overwrite:
+        _check_inputs_outside(cfg, run_dir)
+    lock = DirLock(run_dir).acquire()
+    try:
+        if resume:
+            # Lightning's ckpt_path="last" silently starts from scratch when nothing is found.
+            if not last.exists():
+                raise ConfigError(
+                    f"Cannot resume: no checkpoint at {last}. Check `out_dir` and `name`, or "
+                    f"start a new run without --resume."
+                )
+            if model is not None:
+                check_resumable(last, model)
+            return run_dir, last, lock
+        if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
+            if not overwrite:
+                raise ConfigError(
+                    f"Run directory {run_dir} already holds a run. Choose another name "
+                    f"(name=...), continue it with --resume, or replace it with --overwrite."
+                )
+            shutil.rmtree(run_dir)
+        _make_dir(run_dir)
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, None, lock
+
+
+def _check_inputs_outside(cfg: Config, run_dir: Path) -> None:
+    """``--overwrite`` deletes ``run_dir``: never when this run reads a file inside it."""
+    for key in ("init_from", "pretrained"):
+        value = cfg.model[key]
+        if value and run_dir.exists() and inside(value, run_dir):
             raise ConfigError(
-                f"Cannot resume: no checkpoint at {last}. Check `out_dir` and `name`, or start "
-                f"a new run without --resume."
+                f"--overwrite would delete {run_dir}, which holds this run's input "
+                f"model.{key}={value}. Give the new run another name (name=...)."
             )
-        return run_dir, last
-    if has_run:
-        if not overwrite:
-            raise ConfigError(
-                f"Run directory {run_dir} already holds a run. Choose another name "
-                f"(name=...), continue it with --resume, or replace it with --overwrite."
+
+
+def check_resumable(checkpoint: Path, model: nn.Module) -> None:
+    """The checkpoint's weights fit ``model`` exactly (same keys and shapes), read before
+    anything of the run is touched; else a ConfigError listing the differences."""
+    import torch
+
+    try:
+        stored = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise ConfigError(f"Cannot resume: {checkpoint} cannot be read ({err}).") from None
+    state = stored.get("state_dict", {}) if isinstance(stored, dict) else {}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} -> {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}"
+            for label, items in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape", shapes),
             )
-        shutil.rmtree(run_dir)
-    _make_dir(run_dir)
-    return run_dir, None
+            if items
+        ]
+        raise ConfigError(
+            f"Cannot resume {checkpoint}: its weights do not fit the configured model ("
+            f"{'; '.join(parts)}). Resume with the run's own model settings (drop the model.* "
+            f"overrides), or start a new run under another name."
+        )
 
 
 def _make_dir(run_dir: Path) -> None:
@@ -214,11 +276,52 @@ def fit(
     ``resume`` continues ``<run_dir>/checkpoints/last.ckpt``; ``overwrite`` replaces an existing
     run directory; ``callbacks`` are added to invlab's own.
     """
-    dm, trainer_kwargs = _check_before_writing(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Built before the run dir: init_from, model.freeze and optim.lr_mult are checked first.
-    model = Classifier(cfg, num_classes=dm.num_classes)
-    run_dir, ckpt_path = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    with record_signals() as received:
+        try:
+            dm, trainer_kwargs = _check_before_writing(cfg)
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
+            # Built before the run dir: init_from, model.freeze and optim.lr_mult are checked.
+            model = Classifier(cfg, num_classes=dm.num_classes)
+            run_dir, ckpt_path, lock = prepare_run_dir(
+                cfg, resume=resume, overwrite=overwrite, model=model
+            )
+            try:
+                return _fit_in(
+                    cfg, dm, trainer_kwargs, model, run_dir, ckpt_path, resume, callbacks
+                )
+            finally:
+                if lock is not None:
+                    lock.release()
+        except (SystemExit, KeyboardInterrupt):
+            if received:
+                raise Interrupted(received[-1], _interrupted_note(cfg, received[-1])) from None
+            raise
+
+
+def _interrupted_note(cfg: Config, signum: int) -> str:
+    """What a stopped run left: where it can be resumed from."""
+    name = signal.Signals(signum).name
+    last = run_directory(cfg) / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        step, epoch = checkpoint_position(last)
+        return (
+            f"Stopped by {name}; no metrics.json was written. {last} holds the last finished "
+            f"epoch (epoch {epoch}, step {step}): continue with --resume (a sweep resumes it)."
+        )
+    return f"Stopped by {name} before the first epoch finished; nothing to resume."
+
+
+def _fit_in(
+    cfg: Config,
+    dm: Any,
+    trainer_kwargs: dict[str, Any],
+    model: Classifier,
+    run_dir: Path,
+    ckpt_path: Path | None,
+    resume: bool,
+    callbacks: Sequence[L.Callback],
+) -> FitResult:
+    """Train and evaluate in a claimed run directory; loggers are closed whatever happens."""
     notes = [*dm.notes, *_write_run_header(cfg, run_dir, model)]
     loggers, logger_notes = build_loggers(cfg, run_dir, rank=global_rank(), resume=resume)
     notes += logger_notes
@@ -240,7 +343,7 @@ def fit(
             write_json(metrics, run_dir / "metrics.json")
             _log_final(loggers, metrics, trainer.global_step)
         status = "success"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         status = "interrupted"
         raise
     finally:
@@ -250,6 +353,7 @@ def fit(
 
 def _check_before_writing(cfg: Config) -> tuple[Any, dict[str, Any]]:
     """Data (every split rendered), evaluation and trainer settings, before anything is written."""
+    run_directory(cfg)  # the name, before the data is built
     dm = build_datamodule(cfg)
     dm.setup("fit")
     if cfg.eval.enabled:
