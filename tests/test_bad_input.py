@@ -62,6 +62,29 @@ ROWS = [
     Row("resume-without-run", ("fit", "{fit}", "name=nothing", "--resume"), "Cannot resume"),
     Row("existing-run", ("fit", "{fit}", "name=existing"), "already holds a run"),
     Row("resume-and-overwrite", ("fit", "{fit}", "--resume", "--overwrite"), "Choose one of"),
+    Row("name-empty", ("fit", "{fit}", "name=''", "--overwrite"), "Invalid run name"),
+    Row("name-dotdot", ("fit", "{fit}", "name=..", "--overwrite"), "Invalid run name"),
+    Row("name-escapes", ("fit", "{fit}", "name=../x"), "Invalid run name"),
+    Row(
+        "resume-other-model",
+        ("fit", "{fit}", "name=existing", "--resume", "model.widths=[4,8]"),
+        "do not fit the configured model",
+    ),
+    Row(
+        "overwrite-own-input",
+        ("fit", "{fit}", "name=existing", "model.init_from={ckpt}", "--overwrite"),
+        "holds this run's input",
+    ),
+    Row("eval-out-exists", ("eval", "{ckpt}", "--out", "{files}/old_eval"), "already exists"),
+    Row("show-data-exists", ("show-data", "{fit}", "--out", "{files}/plain.txt"), "already"),
+    Row("show-augment-exists", ("show-augment", "{fit}", "--out", "{files}/plain.txt"), "already"),
+    Row(
+        "slurm-script-exists",
+        ("sweep", "configs/sweeps/ablation.yaml", "--emit-slurm", "{files}/plain.txt"),
+        "already exists",
+    ),
+    Row("report-exists", ("report", "{out}/existing", "--out", "{files}/old_report"), "already"),
+    Row("compare-exists", ("compare", "{out}/existing", "--out", "{files}/plain.txt"), "already"),
     Row("eval-missing-ckpt", ("eval", "{files}/none.ckpt"), "not found"),
     Row("eval-dir-as-ckpt", ("eval", "{files}"), "is a directory"),
     Row("eval-truncated", ("eval", "{files}/truncated.ckpt"), "truncated or corrupt"),
@@ -128,6 +151,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (files / "damaged" / "metrics.json").write_text('{"name": "cut off')
     (files / "old_eval").mkdir()
     (files / "old_eval" / "invariance.json").write_text('{"splits": {}}')
+    (files / "old_report").mkdir()
+    (files / "old_report" / "report.csv").write_text("group,split\n")
     return {"out": out, "files": files, "ckpt": ckpt, "fit": fit}  # type: ignore[dict-item]
 
 
@@ -221,3 +246,143 @@ def test_doc_lists_the_same_rows() -> None:
     doc = (REPO / "docs" / "bad_input.md").read_text()
     documented = re.findall(r"^\| `([a-z0-9-]+)` \|", doc, flags=re.MULTILINE)
     assert documented == [r.id for r in ROWS]
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs that guard themselves: a second writer, signals, stale sweep points (docs/bad_input.md,
+# "Runs, sweeps and signals"). Each test checks that nothing already written changed.
+
+HOLD_LOCK = (
+    "import sys, time\n"
+    "from train.rundir import DirLock\n"
+    "lock = DirLock(sys.argv[1], sys.argv[2]).acquire()\n"
+    "print('held', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def _python(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True, **kw)
+
+
+def _tiny_sweep(path: Path, values: str = "[0, 1]") -> Path:
+    path.write_text(f"method: grid\nparameters:\n  augment.max_shift_px:\n    values: {values}\n")
+    return path
+
+
+def test_a_second_writer_of_a_run_or_a_sweep_is_refused_with_the_holders_pid(
+    world: dict, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = world["out"]
+    run = str(out / "existing")
+    holder = _python("-c", HOLD_LOCK, run, "Run directory", stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = _snapshot(out)  # with the holder's lock files
+        # --overwrite would delete the run the other process is writing: refused instead.
+        assert main(["fit", *world["fit"], "name=existing", "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"being written by process {holder.pid}" in err and "-c" in err, err
+        assert main(["eval", str(world["ckpt"])]) == 2  # an evaluation into that run, too
+        assert f"process {holder.pid}" in capsys.readouterr().err
+        assert _snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+        for leftover in out.glob(".existing.lock*"):  # a killed holder cannot clean up
+            leftover.unlink()
+
+    sweep = _tiny_sweep(tmp_path / "s.yaml")
+    sweep_out = tmp_path / "sweep_runs"
+    what = "Sweep output folder"
+    holder = _python("-c", HOLD_LOCK, str(sweep_out), what, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["sweep", str(sweep), *world["fit"], f"out_dir={sweep_out}"]) == 2
+        err = capsys.readouterr().err
+        assert f"Sweep output folder {sweep_out} is being written by process {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not sweep_out.exists()  # not one point started
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_stops_fit_with_its_exit_code_and_leaves_a_resumable_run(
+    sig: str, code: int, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    args = [str(DEFAULT_YAML), *TINY_OVERRIDES, f"out_dir={tmp_path}", "eval.enabled=false"]
+    proc = _python(
+        "-m", "train.cli", "fit", *args, "trainer.max_epochs=500", stderr=subprocess.PIPE
+    )
+    last = tmp_path / "default" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.is_file(), "no epoch finished"
+    time.sleep(0.5)  # inside a later epoch
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"Stopped by {sig}" in err and "--resume" in err and "Traceback" not in err
+    assert not (tmp_path / "default" / "metrics.json").exists()
+    epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    resumed = ["fit", *args, f"trainer.max_epochs={epoch + 2}", "--resume"]
+    assert main(resumed) == 0
+    assert (tmp_path / "default" / "metrics.json").is_file()
+
+
+def test_a_stale_sweep_point_is_an_error_naming_the_keys_until_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = _tiny_sweep(tmp_path / "s.yaml")
+    base = [str(DEFAULT_YAML), *TINY_OVERRIDES, f"out_dir={tmp_path / 'runs'}"]
+    base.append("eval.enabled=false")
+    assert main(["sweep", str(sweep), *base]) == 0
+    finished = _snapshot(tmp_path / "runs")
+    capsys.readouterr()
+    # Same grid, another model: the finished points are not this grid's results.
+    assert main(["sweep", str(sweep), *base, "model.widths=[4,8]"]) == 1
+    out = capsys.readouterr().out
+    assert "2 stale" in out and "model.widths: [8, 16] -> [4, 8]" in out, out
+    assert main(["sweep", str(sweep), *base, "model.widths=[4,8]", "--dry-run"]) == 0
+    assert "stale" in capsys.readouterr().out
+    assert _snapshot(tmp_path / "runs") == finished
+    # Only execution keys differ: still the same points, skipped.
+    assert main(["sweep", str(sweep), *base, "data.num_workers=0", "logger.csv=false"]) == 0
+    assert "2 skipped" in capsys.readouterr().out
+    assert main(["sweep", str(sweep), *base, "model.widths=[4,8]", "--overwrite"]) == 0
+    assert "2 done" in capsys.readouterr().out
+    stored = (tmp_path / "runs").glob("*/config.yaml")
+    assert all("- 4\n  - 8" in p.read_text() for p in stored)
+
+
+def test_the_grid_is_checked_once_per_distinct_config_before_any_point_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import train.sweep
+
+    sweep = tmp_path / "big.yaml"
+    sweep.write_text(
+        "method: grid\nparameters:\n  seed:\n    values: [0, 1, 2, 3, 4]\n"
+        "  augment.max_shift_px:\n    values: [0, 1, 2, 3]\n"
+        "  optim.lr:\n    values: [0.1, 0.01, -1.0]\n"
+    )
+    calls: list[tuple[str, ...]] = []
+    real = train.sweep.load_config
+
+    def counting(*args, overrides=(), **kw):
+        calls.append(tuple(overrides))
+        return real(*args, overrides=overrides, **kw)
+
+    monkeypatch.setattr(train.sweep, "load_config", counting)
+    base = [str(DEFAULT_YAML), *TINY_OVERRIDES, f"out_dir={tmp_path / 'runs'}"]
+    assert main(["sweep", str(sweep), *base]) == 2  # optim.lr=-1 is refused up front
+    err = capsys.readouterr()
+    assert "60 points, 12 distinct configs" in err.out
+    assert "optim.lr" in err.err and not (tmp_path / "runs").exists()
+    assert len(calls) <= 12 + 5  # each distinct config once, each seed value once

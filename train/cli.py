@@ -7,6 +7,8 @@ input mistakes print one paragraph to stderr and exit with code 2 (no traceback)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from invlab.config import ConfigError, to_yaml
+from invlab.files import atomic_write_text
 from train.config import load_config
+from train.rundir import DirLock, inside, refuse_existing
 from train.signals import Interrupted
 
 EXIT_USAGE = 2
@@ -105,10 +109,17 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     ckpt = _existing_checkpoint(ns.checkpoint)
     base = read_checkpoint_config(ckpt)
     cfg = _load(ns.args, base=base)
-    # Never over fit's own reports: a fresh folder per evaluation unless --out is given.
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(ns.out) if ns.out else ckpt.parent.parent / "reports" / f"eval-{stamp}"
-    report = evaluate_checkpoint(ckpt, cfg, out)
+    if ns.out:
+        out = Path(ns.out)
+        refuse_existing(out / "invariance.json", ns.overwrite, "Evaluation report")
+    else:  # never over fit's own reports, nor another evaluation's (pid: same second)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = ckpt.parent.parent / "reports" / f"eval-{stamp}-{os.getpid()}"
+    # An evaluation that writes into a run directory holds that run's lock meanwhile.
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    writes_run = run_dir is not None and inside(out, run_dir)
+    with DirLock(run_dir) if writes_run else contextlib.nullcontext():
+        report = evaluate_checkpoint(ckpt, cfg, out)
     print(format_table(report))
     print(f"\nReport written to {out}")
     return 0
@@ -143,7 +154,8 @@ def cmd_show_augment(ns: argparse.Namespace) -> int:
     dm.setup("fit")
     aug = augment.build(cfg.augment)
     aug.reseed(cfg.seed)
-    path = show.save_grid(dm.split("train").images[: ns.n], aug, Path(ns.out), n=ns.n)
+    out = refuse_existing(ns.out, ns.overwrite)
+    path = show.save_grid(dm.split("train").images[: ns.n], aug, out, n=ns.n)
     print(f"Wrote {path}")
     return 0
 
@@ -153,22 +165,23 @@ def cmd_show_data(ns: argparse.Namespace) -> int:
     from train.data.show import save_split_grid
 
     cfg = _load(ns.args)
+    out = refuse_existing(ns.out, ns.overwrite)
     dm = build_datamodule(cfg)
     dm.setup("fit")
     print(dm.describe())
-    print(f"Wrote {save_split_grid(dm, Path(ns.out), n=ns.n)}")
+    print(f"Wrote {save_split_grid(dm, out, n=ns.n)}")
     return 0
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    from train.sweep import run_sweep, slurm_script, summary
+    from train.sweep import EXIT_BUSY, run_sweep, slurm_script, summary
 
     yamls, overrides = _split_args(ns.args)
     if ns.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {ns.jobs}.")
     if ns.emit_slurm:
-        path = Path(ns.emit_slurm)
-        path.write_text(slurm_script(ns.sweep, yamls, overrides))
+        path = refuse_existing(ns.emit_slurm, ns.overwrite, "SLURM script")
+        atomic_write_text(path, slurm_script(ns.sweep, yamls, overrides))
         print(f"Wrote {path}: submit it with `sbatch {path}`.")
         return 0
     results = run_sweep(
@@ -178,19 +191,26 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
         dry_run=ns.dry_run,
         jobs=ns.jobs,
         only=ns.point,
+        overwrite=ns.overwrite,
         report=print,
     )
     print()
     print(summary(results))
     if not ns.dry_run and ns.point is None:
         print("Tabulate them: invlab report <out_dir>  (or invlab compare <runs>)")
-    return 1 if any(r.status == "failed" for r in results) else 0
+    statuses = {r.status for r in results}
+    if ns.dry_run:
+        return 0
+    if statuses & {"failed", "stale"}:
+        return 1
+    return EXIT_BUSY if "busy" in statuses else 0
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
     from eval.study import contrast_summary, text_table, write_report
 
     out = Path(ns.out) if ns.out else Path(ns.dirs[0]) / "report"
+    refuse_existing(out / "report.csv", ns.overwrite, "Report")
     result = write_report(
         ns.dirs, out, by=ns.by or (), contrast_key=ns.contrast, baseline=ns.baseline
     )
@@ -206,6 +226,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def cmd_compare(ns: argparse.Namespace) -> int:
     from eval.compare import format_comparison, load_runs, save_comparison_plot
 
+    if ns.out:
+        refuse_existing(ns.out, ns.overwrite)
     rows = load_runs(ns.runs)
     print(format_comparison(rows))
     if ns.out:
@@ -267,7 +289,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "invariance evaluation of a checkpoint or weights file",
         first="checkpoint",
     )
-    p.add_argument("--out", help="output directory (default: <run>/reports/eval-<time>/)")
+    p.add_argument("--out", help="output directory (default: <run>/reports/eval-<time>-<pid>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     p = sub.add_parser("export", help="a checkpoint's weights as safetensors + model config JSON")
     p.add_argument("checkpoint", help=".ckpt written by `invlab fit`")
     p.add_argument("out", help="OUT.safetensors (OUT.json is written next to it)")
@@ -282,6 +305,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         p = add(name, func, f"save a PNG of {what}")
         p.add_argument("--out", default=f"{name.split('-')[1]}_samples.png", help="PNG path")
         p.add_argument("-n", type=int, default=n, help="images (per row)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p = sub.add_parser(
         "sweep",
         help="run a sweep's grid here: finished points skipped, interrupted ones resumed",
@@ -292,6 +316,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p.add_argument("--jobs", type=int, default=1, help="points run in parallel (one GPU each)")
     p.add_argument("--point", type=int, help="run only grid point K (0-based; SLURM array task)")
     p.add_argument("--emit-slurm", metavar="FILE", help="write an sbatch array script instead")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rerun points whose stored config differs; replace an existing --emit-slurm FILE",
+    )
     p.set_defaults(func=cmd_sweep)
     commands["sweep"] = p
 
@@ -313,12 +342,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="compare every value of the contrast key with this one (default: all pairs)",
     )
     p.add_argument("--out", help="output folder (default: <first DIR>/report)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report there")
     p.set_defaults(func=cmd_report)
     commands["report"] = p
 
     p = sub.add_parser("compare", help="finished runs side by side (ablation table + plot)")
     p.add_argument("runs", nargs="+", help="run directories, e.g. runs/*")
     p.add_argument("--out", help="also save a bar plot (PNG)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_compare)
     commands["compare"] = p
     return parser, commands

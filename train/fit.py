@@ -107,32 +107,48 @@ def prepare_run_dir(
     if global_rank() != 0:
         _make_dir(run_dir)
         return run_dir, last if resume else None, None
-    if overwrite:
-        _check_inputs_outside(cfg, run_dir)
+    # Read-only checks first (nothing written if they fail), again once the lock is held.
+    _check_claim(cfg, run_dir, resume=resume, overwrite=overwrite, model=model)
+    _make_dir(run_dir.parent)  # out_dir, which holds the lock file
     lock = DirLock(run_dir).acquire()
     try:
+        _check_claim(cfg, run_dir, resume=resume, overwrite=overwrite, model=None)
         if resume:
-            # Lightning's ckpt_path="last" silently starts from scratch when nothing is found.
-            if not last.exists():
-                raise ConfigError(
-                    f"Cannot resume: no checkpoint at {last}. Check `out_dir` and `name`, or "
-                    f"start a new run without --resume."
-                )
-            if model is not None:
-                check_resumable(last, model)
             return run_dir, last, lock
-        if (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists():
-            if not overwrite:
-                raise ConfigError(
-                    f"Run directory {run_dir} already holds a run. Choose another name "
-                    f"(name=...), continue it with --resume, or replace it with --overwrite."
-                )
+        if _holds_run(run_dir):
             shutil.rmtree(run_dir)
         _make_dir(run_dir)
     except BaseException:
         lock.release()
         raise
     return run_dir, None, lock
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / "metrics.json").exists() or (run_dir / "checkpoints").exists()
+
+
+def _check_claim(
+    cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool, model: nn.Module | None
+) -> None:
+    """Whether this run may take ``run_dir`` as asked; reads only."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        # Lightning's ckpt_path="last" silently starts from scratch when nothing is found.
+        if not last.exists():
+            raise ConfigError(
+                f"Cannot resume: no checkpoint at {last}. Check `out_dir` and `name`, or start "
+                f"a new run without --resume."
+            )
+        if model is not None:
+            check_resumable(last, model)
+    elif _holds_run(run_dir):
+        if not overwrite:
+            raise ConfigError(
+                f"Run directory {run_dir} already holds a run. Choose another name (name=...), "
+                f"continue it with --resume, or replace it with --overwrite."
+            )
+        _check_inputs_outside(cfg, run_dir)
 
 
 def _check_inputs_outside(cfg: Config, run_dir: Path) -> None:

@@ -9,7 +9,8 @@
   lies *beside* the directory (``.<name>.lock``), so that removing the directory never removes a
   lock another process holds. File locking is ``filelock``'s (the library torch itself uses for
   its caches). A second writer is refused with the holder's pid and command.
-- ``unique_dir(parent, stem)``: a new folder that no other process got (for default outputs).
+- ``refuse_existing(path, overwrite)``: every command that writes a named file refuses an
+  existing one unless told ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -129,21 +130,6 @@ class DirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def unique_dir(parent: str | Path, stem: str) -> Path:
-    """Create and return ``<parent>/<stem>``, or ``<stem>-2``, ``-3``, ... : a folder no other
-    call got, even from a process started in the same second."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    for k in range(1, 10_000):
-        path = parent / (stem if k == 1 else f"{stem}-{k}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise ConfigError(f"Could not create a new folder {parent / stem}-N: too many exist.")
 
 
 def refuse_existing(path: str | Path, overwrite: bool, what: str = "Output file") -> Path:

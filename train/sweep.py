@@ -4,10 +4,18 @@ The sweep file is the W&B sweep YAML of ``configs/sweeps/`` (``method: grid``): 
 ``parameters`` are invlab ``key=value`` overrides. Each grid point becomes a run named after the
 values it sets. A point's run directory decides what happens to it:
 
-- ``metrics.json`` exists: the point finished, it is **skipped**;
+- ``metrics.json`` exists: the point finished, it is **skipped** — only when the config stored
+  with it equals the point's (else it is **stale**: an error naming the keys that differ, or a
+  rerun with ``--overwrite``);
 - ``checkpoints/last.ckpt`` exists but no ``metrics.json``: it was interrupted, it is
-  **resumed** from that checkpoint (a resumed run equals an uninterrupted one);
+  **resumed** from that checkpoint (a resumed run equals an uninterrupted one), under the same
+  rule for its stored config;
+- another process holds the run's lock: it is **busy** (left alone, nothing written);
 - anything else: it is **done** now (a directory left without a checkpoint is replaced).
+
+The grid is checked before the first run starts: its size is stated, and each distinct config
+(points that differ only in ``seed`` share one) is validated once, with a progress bar. One
+sweep at a time writes an ``out_dir`` (a lock beside it; ``--point`` runs take only their run's).
 
 A point that raises is **failed**: its traceback goes to ``<run dir>/error.txt`` and the sweep
 goes on; the summary lists every status and the CLI exits non-zero when any point failed.
@@ -18,10 +26,13 @@ each when the machine has several accelerators.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import itertools
+import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import traceback
@@ -31,12 +42,28 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
-from invlab.config import Config, ConfigError
+from invlab.config import Config, ConfigError, to_container
 from invlab.files import atomic_write_text
 from train.config import load_config
+from train.rundir import DirectoryInUse, DirLock
+from train.signals import Interrupted, record_signals
 
-STATUSES = ("done", "resumed", "skipped", "failed", "planned")
+STATUSES = ("done", "resumed", "skipped", "stale", "busy", "failed", "planned")
+# Keys that change how a run is executed or logged, not its result: a finished point whose stored
+# config differs from the sweep's only in these is still the same point.
+EXECUTION_KEYS = (
+    "logger.",
+    "data.num_workers",
+    "data.on_device",
+    "model.compile",
+    "model.compile_backend",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "eval.plots",
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,62 @@ def point_state(run_dir: Path) -> str:
     return "done"
 
 
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def stored_config(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved config a run directory holds (``metrics.json`` or ``config.yaml``)."""
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        try:
+            stored = json.loads(metrics.read_text()).get("config")
+        except (OSError, ValueError):
+            stored = None
+        if isinstance(stored, dict):
+            return stored
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+        return loaded if isinstance(loaded, dict) else None
+    return None
+
+
+def config_differences(stored: dict[str, Any], cfg: Config) -> list[str]:
+    """``key: stored -> wanted`` for every result-relevant key in which they differ."""
+    a, b = _flat(stored), _flat(to_container(cfg))
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not k.startswith(EXECUTION_KEYS)
+    ]
+
+
+def point_check(run_dir: Path, cfg: Config) -> tuple[str, list[str]]:
+    """``(state, differences)``: ``state`` as :func:`point_state`, or ``stale`` when the run
+    directory holds a finished or interrupted run of another config."""
+    state = point_state(run_dir)
+    if state == "done":
+        return state, []
+    stored = stored_config(run_dir)
+    diffs = ["no stored config"] if stored is None else config_differences(stored, cfg)
+    return ("stale", diffs) if diffs else (state, [])
+
+
+def _stale_message(run_dir: Path, diffs: list[str]) -> str:
+    shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} keys)" if len(diffs) > 6 else "")
+    return (
+        f"{run_dir} holds a run of another config ({shown}). Rerun it with --overwrite, or "
+        f"give this sweep another out_dir."
+    )
+
+
 def _record_failure(run_dir: Path, text: str) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(run_dir / "error.txt", text)
@@ -101,37 +184,92 @@ class PointResult:
     error: str | None = None
 
 
+@dataclass
+class Plan:
+    """A checked grid: its points, and how to build each point's validated config."""
+
+    points: list[SweepPoint]
+    yaml_paths: tuple[str, ...]
+    overrides: tuple[str, ...]
+    out_dirs: dict[int, Path]  # point index -> out_dir (from its checked config)
+
+    def config(self, index: int) -> Config:
+        point = self.points[index]
+        return load_config(
+            *self.yaml_paths, overrides=[*self.overrides, *point.overrides, f"name={point.name}"]
+        )
+
+    def run_dir(self, index: int) -> Path:
+        return self.out_dirs[index] / self.points[index].name
+
+
 def _plan(
-    sweep_yaml: str | Path, yaml_paths: Sequence[str], overrides: Sequence[str]
-) -> tuple[list[SweepPoint], list[Config]]:
-    """Every point with its validated config (all checked before the first run starts)."""
+    sweep_yaml: str | Path,
+    yaml_paths: Sequence[str],
+    overrides: Sequence[str],
+    report: Callable[[str], None] = lambda line: None,
+    only: int | None = None,
+) -> Plan:
+    """Every point of the grid, checked before the first run starts: each distinct config once
+    (points that differ only in ``seed`` share one; each seed value is checked once too), or
+    point ``only`` alone (a ``--point`` job: the sweep that launched it checked the grid)."""
     points = grid_points(sweep_yaml)
-    configs = [
-        load_config(*yaml_paths, overrides=[*overrides, *p.overrides, f"name={p.name}"])
-        for p in points
-    ]
-    return points, configs
+    if only is not None and not 0 <= only < len(points):
+        raise ConfigError(
+            f"--point {only} is outside the grid's {len(points)} points (0..{len(points) - 1})."
+        )
+
+    def key(p: SweepPoint) -> tuple[str, ...]:
+        return tuple(o for o in p.overrides if not o.startswith("seed="))
+
+    first: dict[tuple[str, ...], int] = {}
+    seeds: dict[str, int] = {}
+    for i, p in enumerate(points):
+        first.setdefault(key(p), i)
+        for o in p.overrides:
+            if o.startswith("seed="):
+                seeds.setdefault(o, i)
+    plan = Plan(points, tuple(map(str, yaml_paths)), tuple(overrides), {})
+    if only is not None:
+        plan.out_dirs = {only: Path(plan.config(only).out_dir)}
+        return plan
+    check = sorted(set(first.values()) | set(seeds.values()))
+    report(
+        f"{sweep_yaml}: {len(points)} points, {len(first)} distinct configs ({len(check)} to check)"
+    )
+    checked: dict[int, Path] = {}
+    for i in tqdm(check, desc="checking the grid", disable=len(check) < 20, leave=False):
+        checked[i] = Path(plan.config(i).out_dir)
+    plan.out_dirs = {i: checked[first[key(p)]] for i, p in enumerate(points)}
+    return plan
 
 
-def run_point(cfg: Config, fit_fn: Callable[..., Any] | None = None) -> tuple[str, str | None]:
+def run_point(
+    cfg: Config, fit_fn: Callable[..., Any] | None = None, overwrite: bool = False
+) -> tuple[str, str | None]:
     """Train one point as its run directory says (skip, resume or start); never raises for a
-    failing run: returns ``(status, error text)``."""
+    failing run: returns ``(status, error text)``. A stale point is an error unless
+    ``overwrite``; a point another process is writing is ``busy`` and left alone."""
     if fit_fn is None:
         from train.fit import fit as fit_fn
     run_dir = Path(cfg.out_dir) / cfg.name
-    state = point_state(run_dir)
+    state, diffs = point_check(run_dir, cfg)
     if state == "skipped":
         return state, None
+    if state == "stale" and not overwrite:
+        return "stale", _stale_message(run_dir, diffs)
     try:
         if state == "resumed":
             fit_fn(cfg, resume=True)
         else:
             fit_fn(cfg, overwrite=run_dir.exists())
+    except DirectoryInUse as err:  # another process trains it: write nothing there
+        return "busy", str(err)
     except Exception:  # a failing point is recorded, the sweep goes on
         text = traceback.format_exc()
         _record_failure(run_dir, text)
         return "failed", text.strip().splitlines()[-1]
-    return state, None
+    return "done" if state == "stale" else state, None
 
 
 def run_sweep(
@@ -142,44 +280,60 @@ def run_sweep(
     dry_run: bool = False,
     jobs: int = 1,
     only: int | None = None,
+    overwrite: bool = False,
     fit_fn: Callable[..., Any] | None = None,
     report: Callable[[str], None] = lambda line: None,
 ) -> list[PointResult]:
     """Run every grid point (or only point ``only``) as its run directory says.
 
     ``jobs > 1`` runs points in parallel ``invlab sweep --point K`` processes (``fit_fn`` is
-    then not used). Returns one :class:`PointResult` per point, in grid order.
+    then not used). ``overwrite`` reruns stale points. Returns one :class:`PointResult` per
+    point, in grid order.
     """
-    points, configs = _plan(sweep_yaml, yaml_paths, overrides)
-    if only is not None:
-        if not 0 <= only < len(points):
-            raise ConfigError(
-                f"--point {only} is outside the grid's {len(points)} points (0..{len(points) - 1})."
-            )
-        points, configs = [points[only]], [configs[only]]
-    dirs = [Path(cfg.out_dir) / cfg.name for cfg in configs]
+    plan = _plan(sweep_yaml, yaml_paths, overrides, report, only=only)
+    indices = list(range(len(plan.points))) if only is None else [only]
     if dry_run:
-        results = [
-            PointResult(p, "skipped" if point_state(d) == "skipped" else "planned", d)
-            for p, d in zip(points, dirs, strict=True)
-        ]
-        for i, r in enumerate(results, start=1):
-            report(
-                f"[{i}/{len(results)}] {r.point.name}: {r.status} ({' '.join(r.point.overrides)})"
-            )
-        return results
-    if jobs > 1 and only is None:
-        return _run_parallel(sweep_yaml, yaml_paths, overrides, points, dirs, jobs, report)
+        return _dry_run(plan, indices, report)
+    with contextlib.ExitStack() as stack:
+        if only is None:  # one sweep per out_dir; --point runs lock only their own run
+            for out_dir in sorted(set(plan.out_dirs.values())):
+                stack.enter_context(DirLock(out_dir, "Sweep output folder"))
+        if jobs > 1 and only is None:
+            return _run_parallel(sweep_yaml, yaml_paths, overrides, plan, jobs, overwrite, report)
+        return [_run_one(plan, i, fit_fn, overwrite, report) for i in indices]
+
+
+def _run_one(
+    plan: Plan,
+    index: int,
+    fit_fn: Callable[..., Any] | None,
+    overwrite: bool,
+    report: Callable[[str], None],
+) -> PointResult:
+    point, run_dir, n = plan.points[index], plan.run_dir(index), len(plan.points)
+    state = point_state(run_dir)
+    if state != "skipped":  # a finished point is reported once, below
+        verb = "starting" if state == "done" else "resuming"
+        report(f"[{index + 1}/{n}] {point.name}: {verb} ...")
+    status, error = run_point(plan.config(index), fit_fn, overwrite)
+    suffix = f": {error}" if error else ""
+    report(f"[{index + 1}/{n}] {point.name}: {status}{suffix}")
+    return PointResult(point, status, run_dir, error)
+
+
+def _dry_run(plan: Plan, indices: list[int], report: Callable[[str], None]) -> list[PointResult]:
+    """What a run would do with each point: skipped, stale (with the keys) or planned."""
     results = []
-    for i, (point, cfg, run_dir) in enumerate(zip(points, configs, dirs, strict=True), start=1):
-        state = point_state(run_dir)
-        if state != "skipped":  # a finished point is reported once, below
-            verb = "starting" if state == "done" else "resuming"
-            report(f"[{i}/{len(points)}] {point.name}: {verb} ...")
-        status, error = run_point(cfg, fit_fn)
-        suffix = f": {error}" if error else ""
-        report(f"[{i}/{len(points)}] {point.name}: {status}{suffix}")
+    for i in indices:
+        point, run_dir = plan.points[i], plan.run_dir(i)
+        state, diffs = (
+            ("done", []) if not run_dir.exists() else point_check(run_dir, plan.config(i))
+        )
+        status = state if state in ("skipped", "stale") else "planned"
+        error = _stale_message(run_dir, diffs) if state == "stale" else None
         results.append(PointResult(point, status, run_dir, error))
+        suffix = f": {error}" if error else f" ({' '.join(point.overrides)})"
+        report(f"[{i + 1}/{len(plan.points)}] {point.name}: {status}{suffix}")
     return results
 
 
@@ -194,7 +348,11 @@ def _devices() -> list[str]:
 
 
 def point_command(
-    sweep_yaml: str | Path, yaml_paths: Sequence[str], overrides: Sequence[str], index: int
+    sweep_yaml: str | Path,
+    yaml_paths: Sequence[str],
+    overrides: Sequence[str],
+    index: int,
+    overwrite: bool = False,
 ) -> list[str]:
     """The command that runs point ``index`` of a sweep (what a parallel job or a SLURM array
     task executes)."""
@@ -208,63 +366,92 @@ def point_command(
         *overrides,
         "--point",
         str(index),
+        *(["--overwrite"] if overwrite else []),
     ]
+
+
+EXIT_BUSY = 75  # a --point job whose run another process holds (EX_TEMPFAIL): nothing written
 
 
 def _run_parallel(
     sweep_yaml: str | Path,
     yaml_paths: Sequence[str],
     overrides: Sequence[str],
-    points: list[SweepPoint],
-    dirs: list[Path],
+    plan: Plan,
     jobs: int,
+    overwrite: bool,
     report: Callable[[str], None],
 ) -> list[PointResult]:
+    """Each point in its own ``invlab sweep --point K`` process, ``jobs`` at a time. A signal to
+    this process is passed on to the running points (each leaves a resumable run)."""
     devices = _devices()
     cores = os.cpu_count() or 1
-    log_dir = dirs[0].parent / "sweep-logs" if dirs else Path("sweep-logs")
+    n = len(plan.points)
+    log_dir = plan.run_dir(0).parent / "sweep-logs" if n else Path("sweep-logs")
     log_dir.mkdir(parents=True, exist_ok=True)
-    slots = list(range(jobs))
+    procs: list[subprocess.Popen] = []
 
     def run(index: int, slot: int) -> PointResult:
-        point, run_dir = points[index], dirs[index]
-        state = point_state(run_dir)
+        point, run_dir = plan.points[index], plan.run_dir(index)
+        state, diffs = point_check(run_dir, plan.config(index))
         if state == "skipped":
             return PointResult(point, state, run_dir)
+        if state == "stale" and not overwrite:
+            return PointResult(point, state, run_dir, _stale_message(run_dir, diffs))
         env = dict(os.environ)
         if devices:
             env["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)]
         env.setdefault("OMP_NUM_THREADS", str(max(1, cores // jobs)))
         log = log_dir / f"{point.name}.log"
-        cmd = point_command(sweep_yaml, yaml_paths, overrides, index)
+        cmd = point_command(sweep_yaml, yaml_paths, overrides, index, overwrite)
         with open(log, "w") as out:
-            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        if code == 0 and (run_dir / "metrics.json").is_file():
-            return PointResult(point, state, run_dir)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            procs.append(proc)
+            code = proc.wait()
         tail = log.read_text(errors="replace").strip().splitlines()[-20:]
-        if not (run_dir / "error.txt").is_file():
+        if code == EXIT_BUSY:
+            return PointResult(point, "busy", run_dir, tail[-1] if tail else None)
+        if code == 0 and (run_dir / "metrics.json").is_file():
+            return PointResult(point, "done" if state == "stale" else state, run_dir)
+        if not (run_dir / "error.txt").is_file() and code not in (130, 143):
             _record_failure(run_dir, "\n".join(tail))
         return PointResult(point, "failed", run_dir, tail[-1] if tail else f"exit code {code}")
 
-    results: list[PointResult | None] = [None] * len(points)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        free = list(slots)
-        pending: dict[concurrent.futures.Future, tuple[int, int]] = {}
-        queue = list(range(len(points)))
-        while queue or pending:
-            while queue and free:
-                index, slot = queue.pop(0), free.pop(0)
-                pending[pool.submit(run, index, slot)] = (index, slot)
-            finished, _ = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in finished:
-                index, slot = pending.pop(future)
-                free.append(slot)
-                result = future.result()
-                results[index] = result
-                suffix = f": {result.error}" if result.error else ""
-                report(f"[{index + 1}/{len(points)}] {result.point.name}: {result.status}{suffix}")
+    results: list[PointResult | None] = [None] * n
+    with record_signals() as received, concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        try:
+            free = list(range(jobs))
+            pending: dict[concurrent.futures.Future, tuple[int, int]] = {}
+            queue = list(range(n))
+            while queue or pending:
+                while queue and free:
+                    index, slot = queue.pop(0), free.pop(0)
+                    pending[pool.submit(run, index, slot)] = (index, slot)
+                finished, _ = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in finished:
+                    index, slot = pending.pop(future)
+                    free.append(slot)
+                    result = future.result()
+                    results[index] = result
+                    suffix = f": {result.error}" if result.error else ""
+                    report(f"[{index + 1}/{n}] {result.point.name}: {result.status}{suffix}")
+        except (SystemExit, KeyboardInterrupt):
+            queue = []
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait()
+            if received:
+                name = signal.Signals(received[-1]).name
+                raise Interrupted(
+                    received[-1],
+                    f"Stopped by {name}; the running points were stopped too and resume when "
+                    f"the sweep is run again.",
+                ) from None
+            raise
     return [r for r in results if r is not None]
 
 
@@ -276,6 +463,8 @@ def summary(results: Sequence[PointResult]) -> str:
     for r in results:
         if r.status == "failed":
             lines.append(f"  failed: {r.point.name} ({r.error}); see {r.run_dir / 'error.txt'}")
+        elif r.status in ("stale", "busy"):
+            lines.append(f"  {r.status}: {r.point.name}: {r.error}")
     return "\n".join(lines)
 
 
@@ -291,7 +480,7 @@ def slurm_script(
     """An sbatch array script with one task per grid point. Each task runs
     ``invlab sweep ... --point $SLURM_ARRAY_TASK_ID``, which skips, resumes or starts its point,
     so a requeued or re-submitted array continues where it stopped."""
-    points, _ = _plan(sweep_yaml, yaml_paths, overrides)
+    points = _plan(sweep_yaml, yaml_paths, overrides).points
     name = Path(sweep_yaml).stem
     args = " ".join(shlex.quote(a) for a in [str(sweep_yaml), *map(str, yaml_paths), *overrides])
     listing = "\n".join(
