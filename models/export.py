@@ -1,9 +1,11 @@
 """``invlab export``: a checkpoint's model weights as plain safetensors plus a JSON of its config.
 
-The weights carry no key prefix, so ``timm.create_model(name, pretrained=True,
-pretrained_cfg_overlay=dict(file=OUT, num_classes=N), num_classes=N)`` loads those of a
-``timm:`` model built without invlab's rewrites (``model.small_input=false``, no antialias
-rewrite); the JSON holds those arguments under ``timm``.
+The weights carry no key prefix, so ``timm.create_model(**json["timm"]["kwargs"])`` — that is
+``pretrained=True``, ``num_classes=N`` and a ``pretrained_cfg_overlay`` holding the file, the
+number of classes, the input size and the normalisation the model was trained with — loads
+those of a ``timm:`` model built without invlab's rewrites (``model.small_input`` off, no
+antialias rewrite), and ``timm.data.resolve_data_config`` then gives invlab's mean/std instead
+of ImageNet's. ``invlab eval OUT.safetensors`` reads the JSON to evaluate the model as itself.
 """
 
 from __future__ import annotations
@@ -48,7 +50,32 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
-def _timm_arguments(model: dict[str, Any], out: Path, num_classes: int) -> dict[str, Any]:
+def read_sidecar(weights: str | Path) -> dict[str, Any] | None:
+    """The JSON ``invlab export`` wrote beside ``weights`` (None when there is none)."""
+    path = sidecar_path(weights)
+    if Path(weights).suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ConfigError(f"'{path}' (written beside {weights}) is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise ConfigError(
+            f"'{path}' is not the JSON that `invlab export` writes (no 'model' block). Remove it, "
+            f"or pass the model config explicitly."
+        )
+    return data
+
+
+def sidecar_config(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The config keys an export's JSON fixes: the model and its input (size, mean, std)."""
+    data = {k: v for k, v in (sidecar.get("input") or {}).items() if k != "note" and v is not None}
+    return {"model": sidecar["model"], "data": data}
+
+
+def _timm_arguments(
+    model: dict[str, Any], out: Path, num_classes: int, data: dict[str, Any]
+) -> dict[str, Any]:
     """``timm.create_model`` arguments that load the exported weights, or why there are none."""
     name = str(model.get("name", ""))
     if not name.startswith("timm:"):
@@ -61,6 +88,12 @@ def _timm_arguments(model: dict[str, Any], out: Path, num_classes: int) -> dict[
         rewrites.append("model.antialias changed the layers")
     if rewrites:
         return {"loadable": False, "why": "; ".join(rewrites)}
+    overlay: dict[str, Any] = {"file": str(out.resolve()), "num_classes": num_classes}
+    if data.get("image_size"):
+        overlay["input_size"] = [3, int(data["image_size"]), int(data["image_size"])]
+    for key in ("mean", "std"):  # else timm would normalise with ImageNet's statistics
+        if data.get(key):
+            overlay[key] = [float(v) for v in data[key]]
     return {
         "loadable": True,
         "model_name": name.removeprefix("timm:"),
@@ -68,7 +101,7 @@ def _timm_arguments(model: dict[str, Any], out: Path, num_classes: int) -> dict[
             **dict(model.get("kwargs") or {}),
             "num_classes": num_classes,
             "pretrained": True,
-            "pretrained_cfg_overlay": {"file": str(out.resolve()), "num_classes": num_classes},
+            "pretrained_cfg_overlay": overlay,
         },
     }
 
@@ -108,7 +141,7 @@ def export_checkpoint(
             "std": data.get("std"),
             "note": "float RGB in [0, 1], normalised with (x - mean) / std before the network",
         },
-        "timm": _timm_arguments(config.get("model") or {}, out, int(num_classes or 0)),
+        "timm": _timm_arguments(config.get("model") or {}, out, int(num_classes or 0), data),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")

@@ -91,6 +91,7 @@ ROWS = [
     Row("eval-text-file", ("eval", "{files}/text.ckpt"), "is not a checkpoint"),
     Row("eval-yaml-as-ckpt", ("eval", "configs/default.yaml"), "is not a checkpoint"),
     Row("eval-pickled-code", ("eval", "{files}/code.ckpt"), "pickled Python objects (posix.system"),
+    Row("eval-bare-weights", ("eval", "{files}/bare.pt"), "is a bare weights file"),
     Row("finetune-empty", ("finetune", "{files}/empty.ckpt"), "is empty"),
     Row("finetune-truncated", ("finetune", "{files}/truncated.ckpt"), "truncated or corrupt"),
     Row("finetune-no-weights", ("finetune", "{files}/config_only.ckpt"), "not hold model weights"),

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import models
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 from train.cli import main
 from train.fit import fit
 from train.module import Classifier
@@ -77,3 +77,45 @@ def test_export_timm_model_loads_with_timm_pretrained(
     assert not torch.equal(_logits(fresh, x), expected)
     assert torch.equal(_logits(model, x), expected)
     assert torch.equal(_logits(from_json, x), expected)
+
+    # The README's block, as written, next to the exported files.
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- timm-round-trip -->\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    out.with_suffix(".json").replace(tmp_path / "m.json")
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert torch.equal(_logits(scope["model"], x), expected)
+    data = scope["data_config"]
+    assert tuple(data["mean"]) == tuple(cfg.data.mean)  # not ImageNet's statistics
+    assert tuple(data["std"]) == tuple(cfg.data.std)
+    assert tuple(data["input_size"]) == (3, 16, 16)
+
+
+def test_exported_weights_are_evaluated_as_themselves_and_bare_ones_must_be_described(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from omegaconf import OmegaConf
+
+    run = fit(tiny_config(tmp_path, "name=r", "data.mean=[0.4,0.5,0.6]", "data.std=[0.2,0.3,0.4]"))
+    out = tmp_path / "r.safetensors"
+    assert main(["export", str(run.last_checkpoint), str(out)]) == 0
+    # A user's data + evaluation config: nothing about the model or its normalisation.
+    stored = run.metrics["config"]
+    data = {k: v for k, v in stored["data"].items() if k not in ("mean", "std")}
+    data_yaml = tmp_path / "data.yaml"
+    OmegaConf.save({"data": data, "eval": stored["eval"]}, data_yaml)
+    assert (
+        main(["eval", str(run.last_checkpoint), str(data_yaml), "--out", str(tmp_path / "a")]) == 0
+    )
+    assert main(["eval", str(out), str(data_yaml), "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "invariance.json").read_text()) for d in "ab")
+    assert a["splits"] == b["splits"]
+    assert b["config"]["data"]["mean"] == [0.4, 0.5, 0.6]
+    assert b["config"]["model"] == stored["model"] | {"init_from": None}
+    # Without r.json nothing says which network the weights belong to: refused, not guessed.
+    out.with_suffix(".json").unlink()
+    capsys.readouterr()
+    assert main(["eval", str(out), "--out", str(tmp_path / "c")]) == 2
+    assert "bare weights file" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -107,8 +107,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from train.standalone import evaluate_checkpoint
 
     ckpt = _existing_checkpoint(ns.checkpoint)
-    base = read_checkpoint_config(ckpt)
-    cfg = _load(ns.args, base=base)
+    cfg = _load(ns.args, base=_weights_config(ckpt, ns.args))
     if ns.out:
         out = Path(ns.out)
         refuse_existing(out / "invariance.json", ns.overwrite, "Evaluation report")
@@ -123,6 +122,30 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     print(format_table(report))
     print(f"\nReport written to {out}")
     return 0
+
+
+def _weights_config(path: Path, args: Sequence[str]) -> dict[str, Any] | None:
+    """The config a weights file is evaluated with: the one stored in our checkpoint, the JSON
+    ``invlab export`` wrote beside it, or (a bare file) the model the user describes."""
+    from models.export import read_sidecar, sidecar_config
+
+    stored = read_checkpoint_config(path)
+    if stored is not None:
+        return stored
+    sidecar = read_sidecar(path)
+    if sidecar is not None:
+        return sidecar_config(sidecar)
+    yamls, overrides = _split_args(args)
+    if not yamls and not any(o.startswith("model.name=") for o in overrides):
+        raise ConfigError(
+            f"'{path}' is a bare weights file: nothing in it says which model it belongs to, and "
+            f"evaluating it as the default model would measure another network. Describe the "
+            f"model: a config YAML, or model.name=... with its options (e.g. "
+            f"model.name=timm:resnet18 model.small_input=false), plus the data.mean/data.std it "
+            f"was trained with; or export it with `invlab export`, whose JSON beside the weights "
+            f"describes it."
+        )
+    return None
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
