@@ -1,5 +1,6 @@
-"""timm and torchvision models by name (``timm:<name>``, ``tv:<name>``), never with downloaded
-weights, and the small-input stem rewrite for 16-64 px images."""
+"""timm and torchvision models by name (``timm:<name>``, ``tv:<name>``), with the library's own
+pretrained weights when asked (``model.pretrained=true``: timm's hub or cache, or a
+``pretrained_cfg_overlay`` file), and the small-input stem rewrite for 16-64 px images."""
 
 from __future__ import annotations
 
@@ -45,21 +46,49 @@ def timm_blurpool(filt_size: int, pad_mode: str) -> type[nn.Module]:
     return TimmBlurPool2d
 
 
-def create_timm(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
+def create_timm(
+    name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any], pretrained: bool = False
+) -> nn.Module:
     import timm
 
     if not timm.is_model(name):
         raise _unknown("timm", name, timm.list_models())
     try:
         return timm.create_model(
-            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
         )
     except TypeError as err:
         raise ConfigError(f"timm model '{name}' rejected model.kwargs {kwargs}: {err}") from None
+    except (OSError, RuntimeError) as err:  # no network / no cached file / a hub error
+        if not pretrained:
+            raise
+        raise ConfigError(
+            f"timm could not load the pretrained weights of '{name}': {err}. On a machine "
+            f"without network, fetch them once where there is one (timm caches them), or give a "
+            f"local file: model.kwargs.pretrained_cfg_overlay={{file: PATH}}."
+        ) from None
+
+
+def pretrained_preprocessing(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The input a timm model's pretrained weights expect (``pretrained_cfg``: input size,
+    mean/std, interpolation, crop), with ``pretrained_cfg_overlay`` applied; built without
+    weights."""
+    import timm
+    from timm.data import resolve_data_config
+
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    cfg = resolve_data_config(model=model)
+    return {
+        "input_size": list(cfg["input_size"]),
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+        "interpolation": str(cfg.get("interpolation", "bilinear")),
+        "crop_pct": float(cfg.get("crop_pct", 1.0)),
+    }
 
 
 def create_torchvision(
-    name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]
+    name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any], pretrained: bool = False
 ) -> nn.Module:
     import torchvision
 
@@ -68,8 +97,11 @@ def create_torchvision(
         raise _unknown("torchvision", name, known)
     if in_chans != 3:
         raise ConfigError(f"torchvision models take 3 input channels, got in_chans={in_chans}.")
+    weights = "DEFAULT" if pretrained else None
     try:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        return torchvision.models.get_model(
+            name, weights=weights, num_classes=num_classes, **kwargs
+        )
     except (TypeError, ValueError) as err:
         raise ConfigError(
             f"torchvision model '{name}' rejected model.kwargs {kwargs}: {err}"

@@ -35,16 +35,32 @@ def model_config(cfg_model: Any = None, **overrides: Any) -> DictConfig:
     return cfg
 
 
+HUB = "true"  # model.pretrained=true: the model library's own pretrained weights
+
+
+def from_hub(cfg: DictConfig) -> bool:
+    """``model.pretrained=true``: timm's (or torchvision's) own pretrained weights, loaded by that
+    library (from its hub or cache, or a ``pretrained_cfg_overlay`` file in ``model.kwargs``)."""
+    return str(cfg.pretrained or "").lower() == HUB
+
+
 def create(cfg: DictConfig, num_classes: int, in_chans: int = 3) -> nn.Module:
-    """The bare network of ``cfg.name`` (no antialiasing, no weights)."""
+    """The bare network of ``cfg.name`` (no antialiasing; weights only with
+    ``model.pretrained=true``, through the model library's own loading)."""
     name: str = cfg.name
     kwargs = dict(OmegaConf.to_container(cfg.kwargs, resolve=True))  # type: ignore[arg-type]
     for key in ("pretrained", "weights", "pretrained_cfg"):
         if key in kwargs:
             raise ConfigError(
-                f"model.kwargs.{key} is not allowed: invlab never downloads weights. Give a local "
-                "weights file as model.pretrained=<path>."
+                f"model.kwargs.{key} is not allowed: say model.pretrained=true for the library's "
+                f"own pretrained weights, or model.pretrained=<path> for a local weights file."
             )
+    hub = from_hub(cfg)
+    if hub and not name.startswith(EXTERNAL_PREFIXES):
+        raise ConfigError(
+            f"model.pretrained=true loads timm's or torchvision's own weights, but '{name}' is a "
+            f"built-in model: give a weights file (model.pretrained=<path>) or model.init_from."
+        )
     aa = cfg.antialias
     if aa.native and aa.method != "none":
         if not name.startswith("timm:"):
@@ -59,9 +75,9 @@ def create(cfg: DictConfig, num_classes: int, in_chans: int = 3) -> nn.Module:
             )
         kwargs["aa_layer"] = timm_blurpool(aa.filt_size, aa.pad_mode)
     if name.startswith("timm:"):
-        model = create_timm(name.removeprefix("timm:"), num_classes, in_chans, kwargs)
+        model = create_timm(name.removeprefix("timm:"), num_classes, in_chans, kwargs, hub)
     elif name.startswith("tv:"):
-        model = create_torchvision(name.removeprefix("tv:"), num_classes, in_chans, kwargs)
+        model = create_torchvision(name.removeprefix("tv:"), num_classes, in_chans, kwargs, hub)
     else:
         arch = {k: cfg[k] for k in ARCH_KEYS} | {"head": cfg.head}
         arch["widths"] = list(arch["widths"])
@@ -96,7 +112,7 @@ def build(cfg_model: Any, num_classes: int, in_chans: int = 3) -> nn.Module:
         antialias(model, aa.method, aa.filt_size, aa.pad_mode, aa.skip_first, _input_size(cfg))
     for key in ("pretrained", "init_from"):
         path = cfg[key]
-        if path:
+        if path and not (key == "pretrained" and from_hub(cfg)):
             result = load_weights(model, path, strict=True, allow_head_mismatch=True)
             if result.skipped:
                 log.info("model.%s: classifier head not loaded (%s)", key, result.skipped)
@@ -138,7 +154,7 @@ def describe(name_or_cfg: Any = None, num_classes: int = 10) -> str:
         return (
             _table(rows, ("model", "params", "description"))
             + "\n\nAlso any timm model as 'timm:<name>' and torchvision model as 'tv:<name>' "
-            "(random init; model.pretrained takes a local weights file)."
+            "(random init; model.pretrained=true for the library's own weights, or a local file)."
         )
     if isinstance(name_or_cfg, str):
         cfg = model_config(name=name_or_cfg)
