@@ -39,6 +39,7 @@ class LoadResult:
         """The loading report (``load_report.json``)."""
         return {
             "matched": len(self.matched),
+            "matched_keys": list(self.matched),
             "missing": self.missing,
             "unexpected": self.unexpected,
             "shape_mismatch": self.skipped,

@@ -72,6 +72,11 @@ def test_freeze_keeps_weights_and_bn_statistics_and_lr_mult_makes_groups(tmp_pat
     report = json.loads((ft.run_dir / "load_report.json").read_text())
     assert report["matched"] == len(before) and report["head_reinitialised"] is False
     assert report["missing"] == report["unexpected"] == report["shape_mismatch"] == []
+    assert sorted(report["matched_keys"]) == sorted(k.removeprefix("net.") for k in before)
+    assert report["frozen"] and all(n.startswith("features.stage0.") for n in report["frozen"])
+    params = models.build({"name": "cnn", "widths": [8, 16]}, 10).named_parameters()
+    stage0 = [n for n, _ in params if n.startswith("features.stage0.")]
+    assert sorted(report["frozen"]) == sorted(stage0)
     assert any("Initialised from" in n and "load_report.json" in n for n in ft.notes)
 
 

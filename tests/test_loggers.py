@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -101,8 +102,8 @@ def test_resumed_run_continues_the_same_wandb_run_and_logs_the_config_once(
         assert raw.count(b"max_shift_px") == 2
 
 
-def wandb_exit_code(run_dir: Path) -> int | None:
-    """The exit code recorded in an offline run's transaction log (None: the run never finished).
+def wandb_records(run_dir: Path) -> list:
+    """The W&B ``Record`` protobufs of an offline run's transaction log.
 
     The log is LevelDB's record format (7-byte file header, 32 KiB blocks, each record a 7-byte
     header + payload, split across blocks as first/middle/last) holding W&B ``Record`` protobufs.
@@ -112,7 +113,7 @@ def wandb_exit_code(run_dir: Path) -> int | None:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (log,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    raw, pos, block, buf, code = log.read_bytes(), 7, 32768, b"", None
+    raw, pos, block, buf, records = log.read_bytes(), 7, 32768, b"", []
     while pos + 7 <= len(raw):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
@@ -123,12 +124,19 @@ def wandb_exit_code(run_dir: Path) -> int | None:
         if kind in (1, 4):  # full or last fragment: one record
             record = pb.Record()
             record.ParseFromString(buf)
-            if record.WhichOneof("record_type") == "exit":
-                code = record.exit.exit_code
+            records.append(record)
             buf = b""
         elif kind == 0:
             break
-    return code
+    return records
+
+
+def wandb_exit_code(run_dir: Path) -> int | None:
+    """The exit code an offline run recorded (None: the run never finished)."""
+    exits = [
+        r.exit.exit_code for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "exit"
+    ]
+    return exits[-1] if exits else None
 
 
 def test_a_failed_fit_finishes_its_wandb_run_marked_failed(no_credentials, tmp_path: Path) -> None:
@@ -165,3 +173,31 @@ def test_parameter_counts_are_logged_and_follow_freeze(tmp_path: Path) -> None:
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     net[0].weight.requires_grad_(False)
     assert parameter_counts(net) == {"total": 8 + 3, "trainable": 2 + 3}
+
+
+def test_sweep_points_share_a_wandb_group_tagged_with_their_values_and_log_a_results_table(
+    no_credentials, tmp_path: Path
+) -> None:
+    from tests.conftest import DEFAULT_YAML, TINY_OVERRIDES
+    from train.sweep import run_sweep
+
+    sweep = tmp_path / "shift.yaml"
+    sweep.write_text("method: grid\nparameters:\n  augment.max_shift_px:\n    values: [0, 2]\n")
+    base = [*TINY_OVERRIDES, f"out_dir={tmp_path / 'runs'}", "logger.wandb.mode=offline"]
+    results = run_sweep(sweep, [str(DEFAULT_YAML)], base)
+    assert [r.status for r in results] == ["done", "done"]
+    for r, value in zip(results, (0, 2), strict=True):
+        (run,) = [x.run for x in wandb_records(r.run_dir) if x.WhichOneof("record_type") == "run"]
+        assert run.run_group == "shift"
+        assert f"augment.max_shift_px={value}" in list(run.tags)
+        raw = next((r.run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+        assert b"final/splits" in raw and b"data/samples" in raw
+        (table,) = (r.run_dir / "wandb").glob("offline-run-*/files/media/table/final/*.json")
+        data = json.loads(table.read_text())
+        metrics = json.loads((r.run_dir / "metrics.json").read_text())
+        rows = {row[0]: dict(zip(data["columns"], row, strict=True)) for row in data["data"]}
+        typical = metrics["invariance"]["splits"]["typical"]["translate"]["p_change"]
+        assert rows["typical"]["translate/p_change"] == pytest.approx(typical["mean"])
+        assert rows["typical"]["accuracy"] == pytest.approx(
+            metrics["splits"]["typical"]["accuracy"]
+        )

@@ -220,7 +220,8 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     print()
     print(summary(results))
     if not ns.dry_run and ns.point is None:
-        print("Tabulate them: invlab report <out_dir>  (or invlab compare <runs>)")
+        out_dirs = sorted({str(r.run_dir.parent) for r in results})
+        print(f"Tabulate them: invlab report {' '.join(out_dirs)}  (or invlab compare <runs>)")
     statuses = {r.status for r in results}
     if ns.dry_run:
         return 0

@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
@@ -468,7 +469,10 @@ class _RunCallbacks:
 def _save_samples(model: Classifier, dm: Any, run_dir: Path, loggers: list[Any]) -> None:
     from train.data.show import save_split_grid
 
-    save_split_grid(dm, run_dir / "reports" / "data_samples.png")
+    path = save_split_grid(dm, run_dir / "reports" / "data_samples.png")
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="data/samples", images=[str(path)])
     _augment_samples(model, dm, run_dir, loggers)
 
 
@@ -537,5 +541,37 @@ def _metrics(
 
 def _log_final(loggers: list[Any], metrics: dict[str, Any], step: int) -> None:
     final = {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()}
+    columns, rows = headline_rows(metrics)
     for logger in loggers:
         logger.log_metrics(final, step=step)
+        if isinstance(logger, WandbLogger):  # one table of the run's results, in its summary
+            logger.log_table(key="final/splits", columns=columns, data=rows, step=step)
+
+
+HEADLINE = ("p_change", "consistency", "worst_case_accuracy")
+
+
+def headline_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Per split: accuracy, and per transform P(top-1 change), consistency and worst-case
+    accuracy (mean and 95% interval) with the gap to ``typical``: the run's headline table."""
+    inv = (metrics.get("invariance") or {}).get("splits", {})
+    columns = ["split", "changes", "accuracy"]
+    transforms = sorted(
+        {t for b in inv.values() for t in b if isinstance(b.get(t), dict)} & {"translate", "scale"}
+    )
+    for tr in transforms:
+        for m in HEADLINE:
+            columns += [f"{tr}/{m}", f"{tr}/{m} lo", f"{tr}/{m} hi", f"{tr}/{m} gap"]
+    rows = []
+    for split, values in metrics["splits"].items():
+        changes = "+".join((metrics.get("data", {}).get(split) or {}).get("changes") or []) or "-"
+        row: list[Any] = [split, changes, float(values["accuracy"])]
+        block = inv.get(split, {})
+        for tr in transforms:
+            for m in HEADLINE:
+                cell = (block.get(tr) or {}).get(m) or {}
+                gap = ((block.get(tr) or {}).get("gap_to_typical") or {}).get(m) or {}
+                lo, hi = (cell.get("ci") or [None, None])[:2]
+                row += [cell.get("mean"), lo, hi, gap.get("mean")]
+        rows.append(row)
+    return columns, rows

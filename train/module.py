@@ -97,10 +97,16 @@ class Classifier(L.LightningModule):
 
     @property
     def load_report(self) -> dict[str, Any] | None:
-        """What ``model.init_from`` loaded (None without it): ``load_report.json``."""
+        """What ``model.init_from`` loaded (None without it) and which parameters
+        ``model.freeze`` keeps frozen: ``load_report.json``."""
         if self.load_result is None:
             return None
-        return {"init_from": str(self.cfg.model.init_from), **self.load_result.as_dict()}
+        frozen = [n for n, p in self.net.named_parameters() if not p.requires_grad]
+        return {
+            "init_from": str(self.cfg.model.init_from),
+            **self.load_result.as_dict(),
+            "frozen": frozen,
+        }
 
     def load_summary(self) -> str:
         """One line about ``model.init_from`` for the run's notes."""

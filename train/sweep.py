@@ -193,11 +193,20 @@ class Plan:
     overrides: tuple[str, ...]
     out_dirs: dict[int, Path]  # point index -> out_dir (from its checked config)
 
+    name: str = "sweep"
+
     def config(self, index: int) -> Config:
+        """The point's validated config; in W&B its run joins the sweep's group (unless
+        ``logger.wandb.group`` is set) and is tagged with the values it sets."""
         point = self.points[index]
-        return load_config(
+        cfg = load_config(
             *self.yaml_paths, overrides=[*self.overrides, *point.overrides, f"name={point.name}"]
         )
+        w = cfg.logger.wandb
+        if w.group is None:
+            w.group = self.name
+        w.tags = [*w.tags, *(o[:64] for o in point.overrides)]  # W&B tags: at most 64 chars
+        return cfg
 
     def run_dir(self, index: int) -> Path:
         return self.out_dirs[index] / self.points[index].name
@@ -229,7 +238,7 @@ def _plan(
         for o in p.overrides:
             if o.startswith("seed="):
                 seeds.setdefault(o, i)
-    plan = Plan(points, tuple(map(str, yaml_paths)), tuple(overrides), {})
+    plan = Plan(points, tuple(map(str, yaml_paths)), tuple(overrides), {}, Path(sweep_yaml).stem)
     if only is not None:
         plan.out_dirs = {only: Path(plan.config(only).out_dir)}
         return plan
