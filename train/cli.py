@@ -18,7 +18,7 @@ from typing import Any
 from invlab.config import ConfigError, to_yaml
 from invlab.files import atomic_write_text
 from train.config import load_config
-from train.rundir import DirLock, inside, refuse_existing
+from train.rundir import DirLock, inside, refuse_existing, run_directory
 from train.signals import Interrupted
 
 EXIT_USAGE = 2
@@ -103,25 +103,51 @@ def _existing_checkpoint(path: str) -> Path:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
+    """Evaluate a checkpoint or weights file, or (no file) a library model with its own
+    pretrained weights (``model.pretrained=true``)."""
     from eval.report import format_table
     from train.standalone import evaluate_checkpoint
 
-    ckpt = _existing_checkpoint(ns.checkpoint)
-    cfg = _load(ns.args, base=_weights_config(ckpt, ns.args))
+    first, rest = _eval_checkpoint_arg(ns.args)
+    ckpt = _existing_checkpoint(first) if first is not None else None
+    cfg = _load(rest, base=_weights_config(ckpt, rest) if ckpt is not None else None)
+    if ckpt is None and not cfg.model.pretrained:
+        raise ConfigError(
+            "invlab eval needs a checkpoint or weights file as its first argument, or a model "
+            "with its own pretrained weights (e.g. model.name=timm:resnet50.a1_in1k "
+            "model.pretrained=true)."
+        )
+    stamp = f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     if ns.out:
         out = Path(ns.out)
         refuse_existing(out / "invariance.json", ns.overwrite, "Evaluation report")
-    else:  # never over fit's own reports, nor another evaluation's (pid: same second)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = ckpt.parent.parent / "reports" / f"eval-{stamp}-{os.getpid()}"
+    elif ckpt is not None:  # never over fit's own reports, nor another evaluation's (pid)
+        out = ckpt.parent.parent / "reports" / stamp
+    else:
+        out = run_directory(cfg) / stamp
     # An evaluation that writes into a run directory holds that run's lock meanwhile.
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    run_dir = ckpt.parent.parent if ckpt is not None and ckpt.parent.name == "checkpoints" else None
     writes_run = run_dir is not None and inside(out, run_dir)
     with DirLock(run_dir) if writes_run else contextlib.nullcontext():
         report = evaluate_checkpoint(ckpt, cfg, out)
     print(format_table(report))
     print(f"\nReport written to {out}")
     return 0
+
+
+def _eval_checkpoint_arg(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``(checkpoint, the other arguments)``: the first argument names the file to evaluate,
+    unless it is an override, or a YAML config that (with the rest) asks for
+    ``model.pretrained``."""
+    if not args or "=" in args[0]:
+        return None, list(args)
+    if Path(args[0]).suffix in (".yaml", ".yml") and Path(args[0]).is_file():
+        try:
+            if _load(args).model.pretrained:
+                return None, list(args)
+        except ConfigError:
+            pass  # not a config we can read: reported as a checkpoint problem below
+    return args[0], list(args[1:])
 
 
 def _weights_config(path: Path, args: Sequence[str]) -> dict[str, Any] | None:
@@ -310,8 +336,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     p = add(
         "eval",
         cmd_eval,
-        "invariance evaluation of a checkpoint or weights file",
-        first="checkpoint",
+        "invariance evaluation of a checkpoint, a weights file, or a pretrained library model",
+        description="invlab eval [CHECKPOINT] [CONFIG...] [key=value...]: CHECKPOINT is a .ckpt "
+        "of `invlab fit`, or a weights file (with the JSON `invlab export` writes beside it, or a "
+        "model description); without it, model.pretrained=true evaluates a timm/torchvision "
+        "model with its own pretrained weights.",
     )
     p.add_argument("--out", help="output directory (default: <run>/reports/eval-<time>-<pid>/)")
     p.add_argument("--overwrite", action="store_true", help="replace a report already in --out")

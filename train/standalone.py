@@ -22,7 +22,7 @@ def default_device() -> torch.device:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     cfg: Any,
     out_dir: str | Path,
     *,
@@ -31,7 +31,8 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Build the model of ``cfg`` from ``checkpoint``, evaluate it, write the report and plots.
 
-    A Lightning checkpoint of ours (``state_dict`` keys ``net.*``) loads strictly into
+    ``checkpoint=None``: the model's own pretrained weights (``model.pretrained``). A Lightning
+    checkpoint of ours (``state_dict`` keys ``net.*``) loads strictly into
     ``train.module.Classifier``; any other file is loaded into its ``net`` by
     ``models.load_weights`` (timm/torchvision weights for ``cfg.model.name``). Writes
     ``<out_dir>/invariance.json`` (with the ``config`` used) and the figures; returns the report,
@@ -41,11 +42,14 @@ def evaluate_checkpoint(
     from train.data import build_datamodule
     from train.module import Classifier
 
-    path = require_file(checkpoint)
-    loaded = lightning_state(path)  # read (and any problem reported) before the data is built
+    path = require_file(checkpoint) if checkpoint is not None else None
+    # Read (and any problem reported) before the data is built.
+    loaded = lightning_state(path) if path is not None else None
     dm = build_datamodule(cfg)
     dm.setup()
-    if loaded is not None:
+    if path is None:  # the library's own pretrained weights (model.pretrained)
+        clf = Classifier(cfg, num_classes=dm.num_classes)
+    elif loaded is not None:
         state, num_classes = loaded
         if num_classes is not None and int(num_classes) != dm.num_classes:
             raise ConfigError(
@@ -69,12 +73,14 @@ def evaluate_checkpoint(
         device=device,
         progress=progress,
     )
-    report["checkpoint"] = str(path)
+    report["checkpoint"] = str(path) if path is not None else f"pretrained: {cfg.model.name}"
     # The config that produced these numbers, so `invlab report` can group this evaluation
     # (e.g. eval.protocol=circular) with the runs it belongs to.
     report["config"] = to_container(cfg)
     # Step and epoch are read from the file when it is a Lightning checkpoint.
-    report["provenance"] = collect_provenance(device=device, checkpoint=path.resolve())
+    report["provenance"] = collect_provenance(
+        device=device, checkpoint=path.resolve() if path is not None else None
+    )
     out = Path(out_dir)
     write_json(report, out / "invariance.json")
     if cfg.eval.plots:
