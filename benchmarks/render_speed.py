@@ -18,6 +18,7 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from _common import spread
@@ -111,11 +112,12 @@ def main() -> None:
     if args.quick:  # a small datamodule
         heldout = ("typical", "position", "scale", "background", "atypical")
         cfg = load_config(
+            Path(__file__).resolve().parent.parent / "configs" / "default.yaml",
             overrides=[
                 "data.n_train=32",
                 "data.n_val=8",
                 *(f"data.heldout.{s}.n=8" for s in heldout),
-            ]
+            ],
         )
     dm = build_datamodule(cfg)
     dm.setup()

@@ -1,15 +1,22 @@
 """The typed config schema every layer shares: one dataclass per section, ``ConfigError``,
 the held-out split helpers and the plain-container conversions.
 
+Each numeric and enumerated key declares the values it allows where it is defined
+(``seed: int = field(0, ge=0)``, see :func:`field`); ``train.config`` checks them all.
+
 Loading (YAML + ``key=value`` overrides) and validation against the registries live in
 ``train.config``: this module imports nothing of the project's layers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import dataclasses
+import math
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -20,7 +27,103 @@ class ConfigError(ValueError):
     """A user-facing configuration mistake; the CLI prints it without a traceback (exit 2)."""
 
 
+# ------------------------------------------------------------------------- declared constraints
+CONSTRAINT = "invlab.constraint"  # the key of a field's metadata that holds its Constraint
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """The values a key allows (for a list or a mapping: each entry): bounds, a fixed vocabulary,
+    finiteness. ``why`` says in a few words why, for the refusal message."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] | None = None
+    finite: bool = True  # numbers: nan is never allowed, inf only with finite=False
+    why: str = ""
+
+    def admits(self, value: Any) -> bool:
+        """Whether ``value`` (one number or one string) satisfies the constraint."""
+        if self.choices is not None:
+            return value in self.choices
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return True  # a type mismatch is OmegaConf's to report
+        if math.isnan(value) or (self.finite and math.isinf(value)):
+            return False
+        return not (
+            (self.ge is not None and not value >= self.ge)
+            or (self.gt is not None and not value > self.gt)
+            or (self.le is not None and not value <= self.le)
+            or (self.lt is not None and not value < self.lt)
+        )
+
+    def rule(self, integer: bool = False) -> str:
+        """The allowed values in words: ``in 1..7``, ``>= 0``, ``in (0, 1)``, ``one of a, b``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
+        lo = self.ge if self.ge is not None else self.gt
+        hi = self.le if self.le is not None else self.lt
+        if lo is not None and hi is not None:
+            if integer and self.ge is not None and self.le is not None:
+                return f"in {_num(lo)}..{_num(hi)}"
+            left, right = "[" if self.ge is not None else "(", "]" if self.le is not None else ")"
+            return f"in {left}{_num(lo)}, {_num(hi)}{right}"
+        parts = [
+            f"{op} {_num(bound)}"
+            for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if bound is not None
+        ]
+        number = "an integer" if integer else "a finite number" if self.finite else "a number"
+        return " ".join(parts) if parts else number
+
+
+def _num(bound: float) -> str:
+    """A bound as written in a config: ``4294967295``, ``0.5``."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
+_NO_DEFAULT: Any = dataclasses.MISSING
+
+
+def field(
+    default: Any = _NO_DEFAULT,
+    *,
+    default_factory: Callable[[], Any] = _NO_DEFAULT,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    finite: bool = True,
+    why: str = "",
+) -> Any:
+    """A dataclass field whose allowed values are declared with it (``field(0, ge=0)``).
+
+    OmegaConf structured configs check types but not ranges or vocabularies, so the schema
+    carries them in the field's metadata; ``train.config`` checks every value against them."""
+    declared = any(b is not None for b in (ge, gt, le, lt, choices)) or not finite or why
+    metadata = {
+        CONSTRAINT: Constraint(ge, gt, le, lt, tuple(choices) if choices else None, finite, why)
+    }
+    return dataclasses.field(
+        default=default, default_factory=default_factory, metadata=metadata if declared else None
+    )
+
+
+def constraint_of(f: dataclasses.Field) -> Constraint | None:
+    """The constraint declared on a schema field (None when it declares none)."""
+    return f.metadata.get(CONSTRAINT)
+
+
 # --------------------------------------------------------------------------------------- data
+# Vocabulary of the placement keys.
+POSITIONS = ("gaussian", "uniform", "ring", "center")
+BACKGROUNDS = ("flat", "noise", "texture")
+APPEARANCES = ("colour", "classic")
+
+
 @dataclass
 class PlacementConfig:
     """Where, how large, on what and how an object is rendered: the photographer's bias.
@@ -37,13 +140,13 @@ class PlacementConfig:
     MNIST).
     """
 
-    position: str = "gaussian"
-    sigma_px: float = 1.5
-    max_offset_px: float = 4.0
-    radius_px: list[float] = field(default_factory=lambda: [6.0, 10.0])
-    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    background: str = "flat"
-    appearance: str = "colour"
+    position: str = field("gaussian", choices=POSITIONS)
+    sigma_px: float = field(1.5, ge=0)
+    max_offset_px: float = field(4.0, ge=0)
+    radius_px: list[float] = field(default_factory=lambda: [6.0, 10.0], ge=0)
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1], gt=0)
+    background: str = field("flat", choices=BACKGROUNDS)
+    appearance: str = field("colour", choices=APPEARANCES)
 
 
 # Factors of a rendering, each a group of PlacementConfig keys: a held-out split that sets keys
@@ -62,15 +165,15 @@ class HeldoutSplitConfig:
     (``data.placement``) except for the keys set here (null = as in training). Setting keys of one
     factor (position, scale, background, appearance, source) makes a single-factor split."""
 
-    n: int = 500
+    n: int = field(500, ge=0)
     source: Optional[str] = None  # another source with the same classes (null: data.source)
-    position: Optional[str] = None
-    sigma_px: Optional[float] = None
-    max_offset_px: Optional[float] = None
-    radius_px: Optional[list[float]] = None
-    scale: Optional[list[float]] = None
-    background: Optional[str] = None
-    appearance: Optional[str] = None
+    position: Optional[str] = field(None, choices=POSITIONS)
+    sigma_px: Optional[float] = field(None, ge=0)
+    max_offset_px: Optional[float] = field(None, ge=0)
+    radius_px: Optional[list[float]] = field(None, ge=0)
+    scale: Optional[list[float]] = field(None, gt=0)
+    background: Optional[str] = field(None, choices=BACKGROUNDS)
+    appearance: Optional[str] = field(None, choices=APPEARANCES)
 
 
 def _default_heldout() -> dict[str, HeldoutSplitConfig]:
@@ -87,23 +190,30 @@ class DataConfig:
     source: str = "shapes"
     root: str = "data"
     download: bool = True
-    image_size: int = 32
-    object_size: float = 0.6  # object's nominal extent as a fraction of image_size
+    image_size: int = field(
+        32,
+        ge=8,
+        why="objects of a few pixels cannot be told apart and the model trains at chance level "
+        "(the studies use 32)",
+    )
+    # The object's nominal extent as a fraction of image_size.
+    object_size: float = field(0.6, gt=0, why="an object of size 0 leaves blank images")
     render: bool = True  # False: use the source images as they are (resized to image_size)
-    eval_margin_px: int = 4  # held-out renderings are image_size + 2 * margin wide
+    eval_margin_px: int = field(4, ge=0)  # held-out renderings are image_size + 2 * margin wide
     # Objects stay wholly inside the model window at every evaluated view: shifted by up to
     # eval_margin_px, or rescaled by up to frame_scale. False: placements may cut objects.
     keep_in_frame: bool = True
-    frame_scale: float = 1.15
-    n_train: int = 5000
-    n_val: int = 500
-    batch_size: int = 128
-    num_workers: int = 0
+    frame_scale: float = field(1.15, ge=1)
+    n_train: int = field(5000, ge=1)
+    n_val: int = field(500, ge=0)
+    batch_size: int = field(128, ge=1)
+    num_workers: int = field(0, ge=0)
     # Training batches sliced by index from the uint8 split held on the training device (no
     # DataLoader): auto (when it fits, see train.data.device_loader) | true | false.
-    on_device: str = "auto"
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25])
+    on_device: str = field("auto", choices=("auto", "true", "false"))
+    # Per-channel normalisation of images in [0, 1].
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5], ge=0, le=1)
+    std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25], gt=0)
     # The training distribution (also that of `val` and the `typical` held-out split).
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     # Named held-out splits: `typical` (training distribution, held-out instances) plus any number
@@ -115,8 +225,8 @@ class DataConfig:
 @dataclass
 class AntialiasConfig:
     method: str = "none"  # none | blur | maxblur | aps | a registered method
-    filt_size: int = 4
-    pad_mode: str = "reflect"  # reflect | replicate | circular | zeros
+    filt_size: int = field(4, ge=1, le=7)
+    pad_mode: str = field("reflect", choices=("reflect", "replicate", "circular", "zeros"))
     skip_first: bool = False
     native: bool = False  # timm models: use timm's own aa_layer placement instead
 
@@ -124,14 +234,14 @@ class AntialiasConfig:
 @dataclass
 class ModelConfig:
     name: str = "cnn"  # a registered built-in, "timm:<name>" or "tv:<name>"
-    widths: list[int] = field(default_factory=lambda: [32, 64, 128])
-    depth: int = 1  # conv blocks per stage
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128], ge=1)
+    depth: int = field(1, ge=1)  # conv blocks per stage
     downsample: str = "conv"  # conv | maxpool | avgpool | none | registered (between stages)
-    down_kernel: int = 3
-    down_stride: int = 2
-    padding_mode: str = "zeros"  # zeros | reflect | replicate | circular
-    norm: str = "batch"  # batch | none
-    head: str = "gap"  # gap | flatten
+    down_kernel: int = field(3, ge=1)
+    down_stride: int = field(2, ge=1, why="1 keeps the resolution; 0 is no stride")
+    padding_mode: str = field("zeros", choices=("zeros", "reflect", "replicate", "circular"))
+    norm: str = field("batch", choices=("batch", "none"))
+    head: str = field("gap", choices=("gap", "flatten"))
     small_input: bool = True  # timm/tv: 3x3 stride-1 stem, no stem max-pool
     pretrained: Optional[str] = None  # a local weights file (never downloaded)
     init_from: Optional[str] = None  # a checkpoint whose weights initialise the model
@@ -154,20 +264,21 @@ class AugmentConfig:
     """Presets combine in order; each has one knob a sweep can vary."""
 
     presets: list[str] = field(default_factory=list)
-    max_shift_px: int = 4  # translate (exact); affine, heavy (bilinear)
+    max_shift_px: int = field(4, ge=0)  # translate (exact); affine, heavy (bilinear)
     # translate: how the uncovered border is filled. `reflect` (default) mirrors the border, which
     # for rendered data is background of the same statistics; `zeros` paints black bars that
     # held-out images never show; `background` paints each image's median border colour.
-    pad_fill: str = "reflect"
-    subpixel_max_px: float = 2.0  # subpixel_translate
-    scale: list[float] = field(default_factory=lambda: [0.8, 1.2])  # scale, affine
-    degrees: float = 15.0  # rotate, affine
-    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0])  # crop, heavy
-    jitter: float = 0.2  # heavy: colour jiggle strength
-    erasing_p: float = 0.25  # heavy
-    flip_p: float = 0.5  # flip
-    magnitude: int = 9  # randaugment, 1..29 (trivialaugment draws it per image)
-    num_ops: int = 2  # randaugment
+    pad_fill: str = field("reflect", choices=("reflect", "zeros", "background"))
+    subpixel_max_px: float = field(2.0, ge=0)  # subpixel_translate
+    scale: list[float] = field(default_factory=lambda: [0.8, 1.2], gt=0)  # scale, affine
+    degrees: float = field(15.0, ge=0, le=180)  # rotate, affine
+    # crop, heavy: the fraction of the area a crop covers
+    crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0], gt=0, le=1)
+    jitter: float = field(0.2, ge=0)  # heavy: colour jiggle strength
+    erasing_p: float = field(0.25, ge=0, le=1)  # heavy
+    flip_p: float = field(0.5, ge=0, le=1)  # flip
+    magnitude: int = field(9, ge=1, le=29)  # randaugment (trivialaugment draws it per image)
+    num_ops: int = field(2, ge=1, le=15)  # randaugment
     same_on_batch: bool = False
     ops: list[dict[str, Any]] = field(default_factory=list)  # [{name: RandomAffine, ...}]
 
@@ -175,70 +286,89 @@ class AugmentConfig:
 # -------------------------------------------------------------------------------------- optim
 @dataclass
 class OptimConfig:
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
-    momentum: float = 0.9
+    optimizer: str = field("sgd", choices=("sgd", "adamw"))
+    lr: float = field(0.05, gt=0, finite=True)
+    momentum: float = field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    schedule: str = "cosine"  # cosine | step | onecycle | constant
-    warmup_epochs: float = 0.0
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions
-    gamma: float = 0.1
+    weight_decay: float = field(5e-4, ge=0)
+    label_smoothing: float = field(0.0, ge=0, le=1)
+    schedule: str = field("cosine", choices=("cosine", "step", "onecycle", "constant"))
+    warmup_epochs: float = field(0.0, ge=0)
+    # step: fractions of the training steps
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75], ge=0, le=1)
+    gamma: float = field(0.1, gt=0)
     # Parameter-name glob pattern -> learning-rate multiplier (first matching pattern wins),
     # e.g. {"fc.*": 10.0}; one optimizer param group per multiplier.
-    lr_mult: dict[str, float] = field(default_factory=dict)
+    lr_mult: dict[str, float] = field(
+        default_factory=dict, ge=0, why="0 freezes in effect; a negative multiplier climbs the loss"
+    )
 
 
 # --------------------------------------------------------------------------------------- eval
 @dataclass
 class TypicalityConfig:
-    method: str = "none"  # none | pixels | features
-    k: int = 5
-    quantile: float = 0.2  # typical = nearest q, atypical = farthest q
-    n_bins: int = 10
-    pixel_size: int = 8  # pixels: images downsampled to this size
-    n_reference: int = 50000  # training images used as the reference set (at most)
+    method: str = field("none", choices=("none", "pixels", "features"))
+    k: int = field(5, ge=1)
+    quantile: float = field(0.2, gt=0, le=0.5)  # typical = nearest q, atypical = farthest q
+    n_bins: int = field(10, ge=1)
+    pixel_size: int = field(8, ge=1)  # pixels: images downsampled to this size
+    n_reference: int = field(50000, ge=1)  # training images used as the reference set (at most)
 
 
 @dataclass
 class EvalConfig:
     enabled: bool = True
-    every_n_epochs: int = 0  # 0: only at the end of fit
+    every_n_epochs: int = field(0, ge=0)  # 0: only at the end of fit
     splits: Optional[list[str]] = None  # null: every held-out split (data.heldout) with n > 0
-    transforms: list[str] = field(default_factory=lambda: ["translate", "scale"])
-    n_images: int = 500  # per split (the first n)
-    batch_size: int = 2048  # views per forward pass
-    protocol: str = "crop"  # crop | embed | circular | subpixel
-    trajectory: str = "diagonal"  # diagonal | horizontal | vertical | grid
-    max_shift_px: int = 4
-    subpixel_step: float = 0.25
-    pad_mode: str = "reflect"  # crop without margin: reflect | replicate | zeros
-    fill: str = "black"  # embed: black | mean | inpaint
+    transforms: list[str] = field(
+        default_factory=lambda: ["translate", "scale"], choices=("translate", "scale")
+    )
+    n_images: int = field(500, ge=1)  # per split (the first n)
+    batch_size: int = field(2048, ge=1)  # views per forward pass
+    protocol: str = field("crop", choices=("crop", "embed", "circular", "subpixel"))
+    trajectory: str = field("diagonal", choices=("diagonal", "horizontal", "vertical", "grid"))
+    max_shift_px: int = field(4, ge=0)
+    subpixel_step: float = field(0.25, gt=0)
+    # crop without margin: how the image is padded
+    pad_mode: str = field("reflect", choices=("reflect", "replicate", "zeros"))
+    fill: str = field("black", choices=("black", "mean", "inpaint"))  # embed
     # embed: null keeps the object scale (the central image_size - 2 * max_shift_px pixels are
     # pasted as they are); a fraction resizes the image to it (Azulay & Weiss; changes the scale).
-    embed_size: Optional[float] = None
-    scales: list[float] = field(default_factory=lambda: [0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15])
-    scale_protocol: str = "render"  # render (re-render the object; needs data.render) | embed
-    n_bootstrap: int = 1000
-    ci_level: float = 0.95
-    seed: int = 0
+    embed_size: Optional[float] = field(None, gt=0, le=1)
+    scales: list[float] = field(
+        default_factory=lambda: [0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15], gt=0
+    )
+    # render (re-render the object; needs data.render) | embed
+    scale_protocol: str = field("render", choices=("render", "embed"))
+    # Resamples of each bootstrap interval (train.config also wants two in each tail).
+    n_bootstrap: int = field(
+        1000,
+        ge=100,
+        why="with fewer resamples a percentile interval rests on one or two resamples in each "
+        "tail, and 0 gives a zero-width interval",
+    )
+    ci_level: float = field(0.95, gt=0, lt=1)
+    seed: int = field(0, ge=0)
     plots: bool = True
     # Local homogeneity (eval.homogeneity) of every evaluated split at these window sizes.
-    homogeneity_windows: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
+    homogeneity_windows: list[int] = field(
+        default_factory=lambda: [2, 3, 4, 5], ge=2, why="a window needs two pixels to have a range"
+    )
     typicality: TypicalityConfig = field(default_factory=TypicalityConfig)
 
 
 # ------------------------------------------------------------------------------------- logger
 @dataclass
 class WandbConfig:
-    mode: str = "auto"  # auto (online with credentials, else offline) | online | offline | disabled
+    # auto (online with credentials, else offline) | online | offline | disabled
+    mode: str = field("auto", choices=("auto", "online", "offline", "disabled"))
     project: str = "invlab"
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     log_model: bool = False  # online only: upload checkpoints as artifacts
-    init_timeout: float = 30.0  # seconds to reach the server before falling back to offline
+    # seconds to reach the server before falling back to offline
+    init_timeout: float = field(30.0, gt=0)
 
 
 @dataclass
@@ -260,7 +390,8 @@ def _default_trainer() -> dict[str, Any]:
 @dataclass
 class Config:
     name: str = "default"
-    seed: int = 0
+    # Lightning's seed_everything takes 32-bit seeds (it replaces others by 0).
+    seed: int = field(0, ge=0, le=2**32 - 1)
     out_dir: str = "runs"
     # Modules imported before validation: they register their own sources, models, presets, ...
     plugins: list[str] = field(default_factory=list)
@@ -273,10 +404,34 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-# Vocabulary of the placement keys.
-POSITIONS = ("gaussian", "uniform", "ring", "center")
-BACKGROUNDS = ("flat", "noise", "texture")
-APPEARANCES = ("colour", "classic")
+def leaf_type(hint: Any) -> tuple[Any, str | None, bool]:
+    """An annotation as (type of one value, container, optional): ``Optional[list[float]]`` ->
+    ``(float, "list", True)``, ``dict[str, float]`` -> ``(float, "dict", False)``."""
+    optional = False
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        optional, hint = len(args) < len(get_args(hint)), args[0]
+    origin = get_origin(hint)
+    if origin is list:
+        return (get_args(hint) or (Any,))[0], "list", optional
+    if origin is dict:
+        return get_args(hint)[1], "dict", optional
+    return hint, None, optional
+
+
+def schema_fields(
+    cls: type = Config, prefix: str = ""
+) -> Iterator[tuple[str, Any, dataclasses.Field]]:
+    """Every leaf field of the schema as (dotted key, annotation, field), sections walked into;
+    the fields of a mapping's sections (``data.heldout``) appear under ``<key>.*``."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        key, hint = f"{prefix}{f.name}", hints[f.name]
+        inner, container, _ = leaf_type(hint)
+        if dataclasses.is_dataclass(inner):
+            yield from schema_fields(inner, f"{key}.*." if container else f"{key}.")
+        else:
+            yield key, hint, f
 
 
 def schema() -> DictConfig:

@@ -34,16 +34,20 @@ def test_every_shipped_config_loads() -> None:
 
 
 def test_sweep_grids_are_valid_overrides() -> None:
-    """Every point of every W&B sweep grid is a valid invlab config."""
+    """Every point of every W&B sweep grid, with the YAML files and overrides of the sweep's
+    command, is a valid invlab config."""
     import itertools
 
     for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
         sweep = OmegaConf.to_container(OmegaConf.load(path))
         assert "${args_no_hyphens}" in sweep["command"]
+        args = sweep["command"][2:]
+        yamls = [REPO / a for a in args if a.endswith(".yaml")]
+        fixed = [a for a in args if "=" in a and not a.startswith("$")]
         params = sweep["parameters"]
         for values in itertools.product(*(p["values"] for p in params.values())):
             overrides = [f"{k}={v}" for k, v in zip(params, values, strict=True)]
-            load_config(DEFAULT_YAML, overrides=overrides)
+            load_config(*yamls, overrides=[*fixed, *overrides])
 
 
 @pytest.mark.parametrize(

@@ -572,7 +572,7 @@ SMALL = [
     "data.placement.max_offset_px=1",
     "model.widths=[8,16]",
     "eval.max_shift_px=2",
-    "eval.n_bootstrap=50",
+    "eval.n_bootstrap=100",
     "eval.embed_size=0.5",
     "eval.typicality.method=pixels",
     "eval.typicality.k=2",
@@ -801,10 +801,10 @@ def test_report_has_homogeneity_of_each_split() -> None:
     from eval.homogeneity import homogeneity_report
 
     data = make_data(n=8)
-    cfg = eval_cfg("eval.transforms=[translate]", "eval.max_shift_px=2", "eval.n_bootstrap=50")
+    cfg = eval_cfg("eval.transforms=[translate]", "eval.max_shift_px=2", "eval.n_bootstrap=100")
     report = evaluate(SmallCNN(), data, cfg, image_size=SIZE, progress=False)
     crops = views.center_crop(data["atypical"][0], SIZE)
-    expected = homogeneity_report(crops, [2, 3, 4, 5], 50, 0.95, 0)
+    expected = homogeneity_report(crops, [2, 3, 4, 5], 100, 0.95, 0)
     assert report["splits"]["atypical"]["homogeneity"] == expected
 
 

@@ -119,7 +119,7 @@ def test_the_report_measures_the_share_of_views_in_frame() -> None:
         "data.keep_in_frame=false",
         "data.heldout.position.radius_px=[7,9]",
         "eval.n_images=60",
-        "eval.n_bootstrap=20",
+        "eval.n_bootstrap=100",
         "eval.transforms=[translate]",
         "model.widths=[4,8]",
     ]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import types
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -25,46 +27,18 @@ from omegaconf.errors import (
 )
 
 from invlab.config import (
-    APPEARANCES,
-    BACKGROUNDS,
-    POSITIONS,
+    FACTORS,
     Config,
     ConfigError,
+    Constraint,
     changed_factors,
+    constraint_of,
     heldout_placement,
+    leaf_type,
     schema,
 )
 from invlab.suggest import did_you_mean
 
-# Allowed values of string-valued keys. Names of sources, models, augmentation presets,
-# antialiasing methods and downsampling layers are checked against their registries
-# (_check_registered, plug-ins included); kornia op names when the ops are built.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.placement.position": POSITIONS,
-    "data.heldout.*.position": POSITIONS,
-    "data.placement.background": BACKGROUNDS,
-    "data.heldout.*.background": BACKGROUNDS,
-    "data.placement.appearance": APPEARANCES,
-    "data.heldout.*.appearance": APPEARANCES,
-    "data.on_device": ("auto", "true", "false"),
-    "model.padding_mode": ("zeros", "reflect", "replicate", "circular"),
-    "model.norm": ("batch", "none"),
-    "model.head": ("gap", "flatten"),
-    "model.antialias.pad_mode": ("reflect", "replicate", "circular", "zeros"),
-    "augment.pad_fill": ("reflect", "zeros", "background"),
-    "optim.optimizer": ("sgd", "adamw"),
-    "optim.schedule": ("cosine", "step", "onecycle", "constant"),
-    "eval.protocol": ("crop", "embed", "circular", "subpixel"),
-    "eval.trajectory": ("diagonal", "horizontal", "vertical", "grid"),
-    "eval.pad_mode": ("reflect", "replicate", "zeros"),
-    "eval.fill": ("black", "mean", "inpaint"),
-    "eval.scale_protocol": ("render", "embed"),
-    "eval.typicality.method": ("none", "pixels", "features"),
-    "logger.wandb.mode": ("auto", "online", "offline", "disabled"),
-}
-LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "eval.transforms": ("translate", "scale"),
-}
 # Keys of earlier versions: a config that uses one is told where it went.
 RENAMED = {
     "data.placement.train": "the training placement is 'data.placement' itself",
@@ -80,8 +54,6 @@ MANAGED_TRAINER_KEYS = {
     "logger": "use the `logger` section",
     "default_root_dir": "use `out_dir` and `name`",
 }
-
-MIN_IMAGE_SIZE = 8
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -190,69 +162,107 @@ def _parse_overrides(overrides: list[str]) -> DictConfig:
     return OmegaConf.from_dotlist(list(overrides))
 
 
-def _check_choices(cfg: DictConfig) -> None:
-    for key, allowed in CHOICES.items():
-        if "*" in key:
-            head, tail = key.split(".*.")
-            parent = OmegaConf.select(cfg, head)
-            keys = [f"{head}.{name}.{tail}" for name in parent] if parent is not None else []
-        else:
-            keys = [key]
-        for k in keys:
-            value = OmegaConf.select(cfg, k)
-            if value is not None and value not in allowed:
-                raise ConfigError(
-                    f"Invalid value {value!r} for '{k}'.{did_you_mean(value, allowed)} "
-                    f"Choose one of: {', '.join(allowed)}."
-                )
-    splits = ("train", "val", *cfg.data.heldout)
-    for value in cfg.eval.splits or []:
-        if value not in splits:
-            raise ConfigError(
-                f"Invalid entry {value!r} in 'eval.splits'.{did_you_mean(value, splits)} "
-                f"Choose from: {', '.join(splits)} (held-out splits are defined in data.heldout)."
-            )
-    for key, allowed in LIST_CHOICES.items():
-        for value in OmegaConf.select(cfg, key) or []:
-            if value not in allowed:
-                raise ConfigError(
-                    f"Invalid entry {value!r} in '{key}'.{did_you_mean(value, allowed)} "
-                    f"Choose from: {', '.join(allowed)}."
-                )
+# ------------------------------------------------------------------ declared constraints
+def _shown(value: Any) -> str:
+    """A value as a user would write it in an override: ``[2,3]``, ``0.5``, ``'adam'``."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(_shown(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value)
 
 
-def _check_ranges(cfg: DictConfig) -> None:
-    d = cfg.data
-    positive = {
-        "data.image_size": d.image_size,
-        "data.batch_size": d.batch_size,
-        "data.n_train": d.n_train,
-        "eval.batch_size": cfg.eval.batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"'{key}' must be positive, got {value}.")
-    if d.image_size < MIN_IMAGE_SIZE:
-        raise ConfigError(
-            f"'data.image_size' is {d.image_size} px: objects of a few pixels cannot be told "
-            f"apart and the model trains at chance level. Use data.image_size >= "
-            f"{MIN_IMAGE_SIZE} (the studies use 32)."
+def _default_of(f: Any) -> Any:
+    """A schema field's default (None when it has none)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def _refusal(key: str, value: Any, c: Constraint, integer: bool, f: Any, entry: bool) -> str:
+    """The message for a value outside its declared constraint: key, value, allowed, fix."""
+    if c.choices is not None:
+        hint = did_you_mean(str(value), c.choices)
+        if entry:
+            return f"Invalid entry {value!r} in '{key}'.{hint} Choose from: {', '.join(c.choices)}."
+        return f"Invalid value {value!r} for '{key}'.{hint} Choose one of: {', '.join(c.choices)}."
+    rule = c.rule(integer)
+    finite = isinstance(value, float) and not math.isfinite(value)
+    must = f"a finite number {rule}" if finite else rule
+    why = f": {c.why}" if c.why else ""
+    default = _default_of(f)
+    example = f" (default: {key}={_shown(default)})" if default not in (None, {}, []) else ""
+    if entry:
+        return (
+            f"Invalid entry {_shown(value)} in '{key}': every entry must be {must}{why}. "
+            f"Fix that entry{example}."
         )
-    for key in ("n_val", "eval_margin_px", "num_workers"):
-        if d[key] < 0:
-            raise ConfigError(f"'data.{key}' must be >= 0, got {d[key]}.")
-    _check_placement(d.placement, "data.placement")
-    _check_on_canvas(d, d.placement, "data.placement")
-    for split, spec in d.heldout.items():
-        if spec.n < 0:
-            raise ConfigError(f"'data.heldout.{split}.n' must be >= 0, got {spec.n}.")
-        _check_placement(spec, f"data.heldout.{split}")
-        _check_on_canvas(d, heldout_placement(d, split), f"data.heldout.{split}")
-    for pattern, mult in cfg.optim.lr_mult.items():
-        if not mult >= 0:
-            raise ConfigError(
-                f"'optim.lr_mult.{pattern}' must be >= 0 (0 freezes in effect), got {mult}."
-            )
+    return (
+        f"'{key}' must be {must}, got {_shown(value)}{why}. Set {key} to a value {rule}{example}."
+    )
+
+
+def _declared_values(
+    node: Any, cls: type, prefix: str
+) -> Iterator[tuple[str, Any, Any, Any, bool]]:
+    """Every (key, value, field, leaf type, is an entry) of a config section whose schema field
+    declares a constraint: sections and mappings of sections walked into, list and mapping
+    entries one by one, null values of optional fields left out."""
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        key, value = f"{prefix}{f.name}", node[f.name]
+        leaf, container, _ = leaf_type(hints[f.name])
+        if value is None:
+            continue
+        if is_dataclass(leaf):
+            if container == "dict":
+                for name in value:
+                    yield from _declared_values(value[name], leaf, f"{key}.{name}.")
+            elif container == "list":
+                for i, item in enumerate(value):
+                    yield from _declared_values(item, leaf, f"{key}[{i}].")
+            else:
+                yield from _declared_values(value, leaf, f"{key}.")
+            continue
+        if constraint_of(f) is None:
+            continue
+        if container == "list":
+            yield from ((key, v, f, leaf, True) for v in value)
+        elif container == "dict":
+            yield from ((f"{key}.{name}", value[name], f, leaf, False) for name in value)
+        else:
+            yield key, value, f, leaf, False
+
+
+def _check_declared(cfg: DictConfig) -> None:
+    """Every value against the constraint its schema field declares (``invlab.config.field``)."""
+    for key, value, f, leaf, entry in _declared_values(cfg, Config, ""):
+        c = constraint_of(f)
+        assert c is not None
+        if not c.admits(value):
+            raise ConfigError(_refusal(key, value, c, leaf is int, f, entry))
+
+
+# --------------------------------------------------------------------------- cross-key rules
+def _check_interval(value: Any, key: str, floor: str) -> None:
+    """A ``[lo, hi]`` pair with lo <= hi (each entry's own range is declared in the schema)."""
+    if value is not None and (len(value) != 2 or not value[0] <= value[1]):
+        raise ConfigError(f"'{key}' must be [lo, hi] with {floor} lo <= hi, got {list(value)}.")
+
+
+def _check_placement(p: Any, where: str) -> None:
+    _check_interval(p.scale, f"{where}.scale", "0 <")
+    _check_interval(p.radius_px, f"{where}.radius_px", "0 <=")
+
+
+def _check_heldout_factors(d: Any) -> None:
+    """``typical`` changes no factor; every other held-out split changes at least one.
+
+    A split without images (n=0) is never rendered: it passes unless its name is a near miss of
+    another split's (``typcal.n=0`` meant to empty ``typical``). Configs empty the splits of a
+    YAML they do not load that way, so an empty split of an unrelated name is left alone."""
     changed = changed_factors(d, "typical") if "typical" in d.heldout else []
     if changed:
         raise ConfigError(
@@ -260,6 +270,80 @@ def _check_ranges(cfg: DictConfig) -> None:
             f"it changes {', '.join(changed)}. Remove those keys from data.heldout.typical and "
             f"define a new split (e.g. data.heldout.my_split) for that change."
         )
+    keys = [k for group in FACTORS.values() for k in group] + ["source"]
+    for split in d.heldout:
+        if split == "typical" or changed_factors(d, split):
+            continue
+        others = [s for s in d.heldout if s != split] or ["typical"]
+        hint = did_you_mean(split, others)
+        if d.heldout[split].n == 0 and not hint:
+            continue
+        unused = [k for k in keys if d.heldout[split][k] is not None]
+        note = (
+            f" (it sets {', '.join(unused)}, which equal training or are not used by "
+            f"position={heldout_placement(d, split).position})"
+            if unused
+            else ""
+        )
+        raise ConfigError(
+            f"Held-out split 'data.heldout.{split}' changes no factor against training{note}: it "
+            f"would be a second 'typical' (the training distribution with other instances).{hint} "
+            f"The typical split is data.heldout.typical; a split of another name changes one "
+            f"factor, e.g. data.heldout.{split}.background=noise (keys: {', '.join(keys)})."
+        )
+
+
+def _check_eval_splits(cfg: DictConfig) -> None:
+    splits = ("train", "val", *cfg.data.heldout)
+    for value in cfg.eval.splits or []:
+        if value not in splits:
+            raise ConfigError(
+                f"Invalid entry {value!r} in 'eval.splits'.{did_you_mean(value, splits)} "
+                f"Choose from: {', '.join(splits)} (held-out splits are defined in data.heldout)."
+            )
+
+
+def _check_object_size(d: Any) -> None:
+    """A rendered object smaller than a pixel leaves blank images."""
+    if d.render is False:
+        return
+    lows = [d.placement.scale[0]] + [
+        heldout_placement(d, split).scale[0] for split in d.heldout if d.heldout[split].n > 0
+    ]
+    smallest = d.object_size * d.image_size * min(lows)
+    if smallest < 1:
+        raise ConfigError(
+            f"Objects would be {smallest:.2g} px wide at their smallest (data.object_size="
+            f"{d.object_size:g} of data.image_size={d.image_size}, scale {min(lows):g}): smaller "
+            f"than a pixel, every image would be blank background. Raise data.object_size "
+            f"(the default is 0.6) or the scales."
+        )
+
+
+def _check_bootstrap(e: Any) -> None:
+    """Each tail of a bootstrap interval rests on at least two resamples."""
+    tail = e.n_bootstrap * (1 - e.ci_level) / 2
+    if tail < 2:
+        need = math.ceil(4 / (1 - e.ci_level) - 1e-9)
+        raise ConfigError(
+            f"eval.n_bootstrap={e.n_bootstrap} leaves {tail:.2g} resamples in each tail of a "
+            f"{100 * e.ci_level:g}% interval (eval.ci_level={e.ci_level:g}): its bounds would "
+            f"rest on single resamples. Raise eval.n_bootstrap to at least {need} or lower "
+            f"eval.ci_level."
+        )
+
+
+def _check_cross_keys(cfg: DictConfig) -> None:
+    """Rules that relate several keys (each key's own range is declared in the schema)."""
+    d = cfg.data
+    _check_placement(d.placement, "data.placement")
+    _check_on_canvas(d, d.placement, "data.placement")
+    for split, spec in d.heldout.items():
+        _check_placement(spec, f"data.heldout.{split}")
+        _check_on_canvas(d, heldout_placement(d, split), f"data.heldout.{split}")
+    _check_heldout_factors(d)
+    _check_eval_splits(cfg)
+    _check_object_size(d)
     scales = list(cfg.eval.scales)
     in_frame = d.keep_in_frame and "scale" in cfg.eval.transforms and scales
     if in_frame and max(scales) > d.frame_scale:
@@ -268,31 +352,15 @@ def _check_ranges(cfg: DictConfig) -> None:
             f"to data.frame_scale={d.frame_scale:g}: raise data.frame_scale to {max(scales):g} or "
             f"lower eval.scales (or allow cut objects with data.keep_in_frame=false)."
         )
-    if d.frame_scale < 1:
-        raise ConfigError(f"'data.frame_scale' must be >= 1, got {d.frame_scale}.")
-    if len(d.mean) != 3 or len(d.std) != 3 or min(d.std) <= 0:
+    if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("'data.mean' and 'data.std' need 3 values each, std > 0.")
-    if not 1 <= cfg.model.antialias.filt_size <= 7:
+    o = cfg.optim
+    if o.optimizer == "sgd" and o.nesterov and o.momentum == 0:
         raise ConfigError(
-            f"'model.antialias.filt_size' must be in 1..7, got {cfg.model.antialias.filt_size}."
+            "optim.nesterov=true needs momentum, but optim.momentum=0: set optim.momentum "
+            "(e.g. 0.9) or optim.nesterov=false."
         )
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"'optim.lr' must be positive, got {cfg.optim.lr}.")
-    if not 0 < cfg.eval.ci_level < 1:
-        raise ConfigError(f"'eval.ci_level' must be in (0, 1), got {cfg.eval.ci_level}.")
-
-
-def _check_placement(p: Any, where: str) -> None:
-    scale, radius = p.scale, p.radius_px
-    if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
-        raise ConfigError(f"'{where}.scale' must be [lo, hi] with 0 < lo <= hi, got {list(scale)}.")
-    if radius is not None and (len(radius) != 2 or not 0 <= radius[0] <= radius[1]):
-        raise ConfigError(
-            f"'{where}.radius_px' must be [r0, r1] with 0 <= r0 <= r1, got {list(radius)}."
-        )
-    for key in ("sigma_px", "max_offset_px"):
-        if p[key] is not None and p[key] < 0:
-            raise ConfigError(f"'{where}.{key}' must be >= 0, got {p[key]}.")
+    _check_bootstrap(cfg.eval)
 
 
 def _check_on_canvas(d: Any, p: Any, where: str) -> None:
@@ -391,6 +459,50 @@ def _check_trainer(cfg: DictConfig) -> None:
             )
 
 
+# Trainer settings with which a run ends without a result: (key, refused value test, why + fix).
+QUICK_CHECK = "trainer.max_epochs=1 data.n_train=256 eval.n_images=64"
+NO_RESULT: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "fast_dev_run": (
+        lambda v: v is True or (type(v) is int and v > 0),
+        "runs a few batches without checkpoints and writes a metrics.json that looks like a "
+        f"finished run. Remove it; for a quick check use {QUICK_CHECK}",
+    ),
+    "limit_train_batches": (
+        lambda v: v == 0,
+        "trains on no batch, so the run would report untrained weights. Remove it, or give a "
+        "number of batches (>= 1) or a fraction of them (in (0, 1])",
+    ),
+    "max_epochs": (
+        lambda v: v == 0,
+        "trains for no epoch, so the run would report untrained weights. Use "
+        "trainer.max_epochs >= 1",
+    ),
+    "max_steps": (
+        lambda v: v == 0,
+        "trains for no step, so the run would report untrained weights. Use trainer.max_steps "
+        ">= 1, or -1 (no limit: trainer.max_epochs decides)",
+    ),
+    "limit_test_batches": (
+        lambda v: v == 0,
+        "evaluates no held-out batch, so metrics.json would have no held-out accuracy. Remove "
+        "it (data.heldout.<split>.n=0 leaves a split out)",
+    ),
+    "enable_checkpointing": (
+        lambda v: v is False,
+        "leaves no checkpoints/last.ckpt, the weights metrics.json reports and that --resume, "
+        "invlab eval and finetune read. Remove it (invlab writes last.ckpt and the best one)",
+    ),
+}
+
+
+def _check_trainer_result(cfg: DictConfig) -> None:
+    """Refuse Trainer settings that make a run end without a result."""
+    for key, (refused, why) in NO_RESULT.items():
+        value = cfg.trainer.get(key)
+        if value is not None and not isinstance(value, str) and refused(value):
+            raise ConfigError(f"'trainer.{key}={_shown(value)}' {why}.")
+
+
 def _check_compile(cfg: DictConfig) -> None:
     if not cfg.model.compile:
         return
@@ -432,17 +544,18 @@ def _check_registered(cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> DictConfig:
-    """Checks beyond types: plug-ins import, registered names, allowed values, ranges, Trainer
-    arguments."""
+    """Checks beyond types: plug-ins import, registered names, the values each key declares in
+    the schema, rules across keys, Trainer arguments."""
     from train.plugins import import_plugins
 
     import_plugins(cfg.plugins)
     _check_registered(cfg)
     if isinstance(cfg.data.on_device, str):  # YAML `true` arrives in a str field as "True"
         cfg.data.on_device = cfg.data.on_device.lower()
-    _check_choices(cfg)
-    _check_ranges(cfg)
+    _check_declared(cfg)
+    _check_cross_keys(cfg)
     _check_trainer(cfg)
+    _check_trainer_result(cfg)
     _check_compile(cfg)
     return cfg
 
