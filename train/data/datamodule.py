@@ -140,8 +140,19 @@ class InvDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------------------- sources
     def _source(self, name: str) -> Source:
+        """A source, loaded once; one with fewer than two classes is refused (every image would
+        be classified right by construction)."""
         if name not in self._sources:
-            self._sources[name] = build_source(name, self.cfg.data, int(self.cfg.seed))
+            source = build_source(name, self.cfg.data, int(self.cfg.seed))
+            if source.num_classes < 2:
+                found = ", ".join(repr(c) for c in source.class_names) or "none"
+                raise ConfigError(
+                    f"Data source {name!r} has {source.num_classes} class(es) ({found}) at "
+                    f"data.root={self.cfg.data.root!r}: a classifier needs at least two, and with "
+                    f"one every prediction is right (100% accuracy). Give it at least two classes "
+                    f"(for 'folder': one sub-folder per class, e.g. <root>/train/<class>/*.png)."
+                )
+            self._sources[name] = source
         return self._sources[name]
 
     @property

@@ -2,7 +2,10 @@
 
 ``root/train/<class>/*`` (+ optional ``root/val/<class>/*`` held out), or ``root/<class>/*``
 split per class by a fixed permutation (a fifth held out). Images are decoded on demand,
-resized to fill a square (shorter side) and centre-cropped, then pasted as opaque rectangles.
+resized to fill a square (shorter side) and centre-cropped, then pasted as opaque rectangles,
+or through their alpha channel where they have one. Every mode PIL reads becomes 8-bit RGB:
+16-bit and 32-bit integer images are scaled from 16 bits (65535 -> 255), palette, grey and
+CMYK images are converted. A file that cannot be decoded is a ``ConfigError`` naming it.
 """
 
 from __future__ import annotations
@@ -29,14 +32,54 @@ class FolderPool(ObjectPool):
         return len(self.paths)
 
     def take(self, indices: np.ndarray, size: int) -> Objects:
+        """The images at ``indices``; alpha masks for the whole batch when any image has one
+        (the opaque ones fully opaque), else None."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         side = (self.size, self.size)
-        arrays = []
-        for i in idx.tolist():
-            with Image.open(self.paths[i]) as im:
-                arrays.append(np.asarray(ImageOps.fit(im.convert("RGB"), side, Image.BILINEAR)))
-        images = torch.as_tensor(np.stack(arrays) if arrays else np.zeros((0, *side, 3), np.uint8))
-        return Objects(images.permute(0, 3, 1, 2).contiguous(), None, self.labels[idx], idx)
+        decoded = [decode_image(self.paths[i], side) for i in idx.tolist()]
+        rgb = np.stack([d[0] for d in decoded]) if decoded else np.zeros((0, *side, 3), np.uint8)
+        images = torch.as_tensor(rgb).permute(0, 3, 1, 2).contiguous()
+        masks = None
+        if any(alpha is not None for _, alpha in decoded):
+            opaque = np.full(side, 255, np.uint8)
+            alphas = np.stack([opaque if a is None else a for _, a in decoded])
+            masks = torch.as_tensor(alphas)[:, None].contiguous()
+        return Objects(images, masks, self.labels[idx], idx)
+
+
+_INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _rgba(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB, or RGBA when it has an alpha channel or a transparent colour."""
+    if im.mode in _INTEGER_MODES:  # 16-bit PNG/TIFF grey: scale, never clip to white
+        values = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
+    has_alpha = "A" in im.getbands() or "a" in im.getbands() or "transparency" in im.info
+    return im.convert("RGBA" if has_alpha else "RGB")
+
+
+def decode_image(path: str, side: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image file fitted to ``side`` (shorter side resized, centre-cropped): uint8 RGB
+    [h, w, 3] and its alpha [h, w] (None when it has none or is wholly opaque).
+
+    Raises ``ConfigError`` with the path and the reason when the file cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            fitted = ImageOps.fit(_rgba(im), side, Image.BILINEAR)  # premultiplied resize
+    except (OSError, EOFError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise ConfigError(
+            f"Cannot decode the image file {path}: {reason} ({type(err).__name__}). The file is "
+            f"damaged, not an image or unreadable: replace it with a good copy, or remove it "
+            f"from data.root."
+        ) from None
+    array = np.asarray(fitted)
+    if array.shape[-1] == 3:
+        return array, None
+    alpha = np.ascontiguousarray(array[..., 3])
+    return np.ascontiguousarray(array[..., :3]), None if alpha.min() == 255 else alpha
 
 
 def _held_out_split(samples: list[tuple[str, int]]) -> tuple[list, list]:
