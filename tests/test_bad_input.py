@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +117,48 @@ ROWS = [
         "Training loss became",
         creates_run=True,
     ),
+    Row("seed-negative", ("fit", "{fit}", "seed=-1"), "'seed' must be in 0..4294967295, got -1"),
+    Row("down-stride-0", ("fit", "{fit}", "model.down_stride=0"), "'model.down_stride' must be"),
+    Row("eval-images-negative", ("fit", "{fit}", "eval.n_images=-5"), "'eval.n_images' must be"),
+    Row(
+        "homogeneity-window-0",
+        ("fit", "{fit}", "eval.homogeneity_windows=[0]"),
+        "Invalid entry 0 in 'eval.homogeneity_windows'",
+    ),
+    Row("object-size-0", ("fit", "{fit}", "data.object_size=0"), "leaves blank images"),
+    Row("bootstrap-0", ("fit", "{fit}", "eval.n_bootstrap=0"), "'eval.n_bootstrap' must be >= 100"),
+    Row("bootstrap-too-few", ("fit", "{fit}", "eval.n_bootstrap=50"), "must be >= 100, got 50"),
+    Row("lr-nan", ("fit", "{fit}", "optim.lr=nan"), "must be a finite number > 0, got nan"),
+    Row("lr-inf", ("fit", "{fit}", "optim.lr=inf"), "must be a finite number > 0, got inf"),
+    Row("heldout-typo", ("fit", "{fit}", "data.heldout.typcal.n=100"), "Did you mean 'typical'"),
+    Row("heldout-duplicate", ("fit", "{fit}", "data.heldout.copy.n=100"), "a second 'typical'"),
+    Row(
+        "fast-dev-run",
+        ("fit", "{fit}", "trainer.fast_dev_run=true"),
+        "use trainer.max_epochs=1 data.n_train=",
+    ),
+    Row("train-batches-0", ("fit", "{fit}", "trainer.limit_train_batches=0"), "trains on no"),
+    Row("max-epochs-0", ("fit", "{fit}", "trainer.max_epochs=0"), "'trainer.max_epochs=0'"),
+    Row(
+        "checkpointing-off",
+        ("fit", "{fit}", "trainer.enable_checkpointing=false"),
+        "'trainer.enable_checkpointing=False' leaves no checkpoints",
+    ),
+    Row(
+        "image-truncated",
+        ("fit", "{fit}", "data.source=folder", "data.root={files}/truncated_jpeg"),
+        "truncated_jpeg/train/b/broken.jpg: ",
+    ),
+    Row(
+        "image-not-an-image",
+        ("fit", "{fit}", "data.source=folder", "data.root={files}/text_png"),
+        "text_png/val/a/notes.png: cannot identify image file",
+    ),
+    Row(
+        "one-class-folder",
+        ("fit", "{fit}", "data.source=folder", "data.root={files}/one_class"),
+        "has 1 class(es) ('only')",
+    ),
 ]
 
 
@@ -154,6 +197,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (files / "old_eval" / "invariance.json").write_text('{"splits": {}}')
     (files / "old_report").mkdir()
     (files / "old_report" / "report.csv").write_text("group,split\n")
+    _image_folders(files)  # section "Values, data files, permissions"
     return {"out": out, "files": files, "ckpt": ckpt, "fit": fit}  # type: ignore[dict-item]
 
 
@@ -387,3 +431,264 @@ def test_the_grid_is_checked_once_per_distinct_config_before_any_point_runs(
     assert "60 points, 12 distinct configs" in err.out
     assert "optim.lr" in err.err and not (tmp_path / "runs").exists()
     assert len(calls) <= 12 + 5  # each distinct config once, each seed value once
+
+
+# ------------------------------------------------------------------------------------------------
+# Values, data files, permissions (docs/bad_input.md, "Values, data files, permissions"): every
+# numeric key declares its range in the schema, image files decode to RGB or name themselves,
+# written files honour the umask. The refusals are rows of ROWS above; these test the rest.
+
+
+def _image_folders(files: Path) -> None:
+    """ImageFolder trees for the rows: a truncated JPEG, a text file named .png, one class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def png(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(path)
+
+    for name in ("truncated_jpeg", "text_png"):
+        for part, cls, i in [("train", "a", 0), ("train", "a", 1), ("train", "b", 0)]:
+            png(files / name / part / cls / f"{i}.png")
+        for cls in "ab":  # six held-out splits need six held-out instances at least
+            for i in range(3):
+                png(files / name / "val" / cls / f"{i}.png")
+    jpeg = files / "truncated_jpeg" / "train" / "b" / "broken.jpg"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(jpeg)
+    jpeg.write_bytes(jpeg.read_bytes()[:1500])
+    (files / "text_png" / "val" / "a" / "notes.png").write_text("not an image\n")
+    for part in ("train", "val"):
+        png(files / "one_class" / part / "only" / "0.png")
+    png(files / "one_class" / "train" / "only" / "1.png")
+
+
+def test_every_numeric_key_declares_its_allowed_values() -> None:
+    """A numeric key (int or float; optional, list or mapping of them too) without a declared
+    range would let a value through that only fails deep in a run, or never does."""
+    from invlab.config import constraint_of, leaf_type, schema_fields
+
+    missing, seen = [], []
+    for key, hint, f in schema_fields():
+        leaf, _, _ = leaf_type(hint)
+        if leaf in (int, float):
+            seen.append(key)
+            if constraint_of(f) is None:
+                missing.append(key)
+    assert not missing, f"numeric keys without a declared constraint: {missing}"
+    assert {"seed", "data.heldout.*.sigma_px", "optim.lr_mult", "model.widths"} <= set(seen)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        # a key of a mapping of sections, an optional key when set, list and mapping entries
+        ("data.heldout.atypical.sigma_px=-1", ["'data.heldout.atypical.sigma_px' must be >= 0"]),
+        ("data.heldout.far.scale=[0,1]", ["Invalid entry 0 in 'data.heldout.far.scale'", "> 0"]),
+        ("model.widths=[8,0]", ["Invalid entry 0 in 'model.widths'", "default: model.widths="]),
+        ("optim.lr_mult={'fc.*': nan}", ["'optim.lr_mult.fc.*' must be a finite number >= 0"]),
+        ("eval.embed_size=0", ["'eval.embed_size' must be in (0, 1], got 0"]),
+        ("optim.milestones=[0.5,2]", ["Invalid entry 2 in 'optim.milestones'", "in [0, 1]"]),
+        ("data.heldout.far.position=rng", ["'data.heldout.far.position'", "Did you mean 'ring'"]),
+        ("eval.transforms=[translat]", ["Invalid entry 'translat'", "Did you mean 'translate'"]),
+        ("seed=-1", ["'seed'", "got -1", "in 0..4294967295", "(default: seed=0)"]),
+        ("augment.flip_p=1.5", ["'augment.flip_p' must be in [0, 1], got 1.5"]),
+        ("eval.ci_level=inf", ["'eval.ci_level' must be a finite number in (0, 1), got inf"]),
+    ],
+)
+def test_a_declared_constraint_names_key_value_range_and_fix(
+    override: str, fragments: list[str]
+) -> None:
+    from invlab.config import ConfigError
+    from train.config import load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(DEFAULT_YAML, overrides=[override])
+    for fragment in fragments:
+        assert fragment in str(err.value), str(err.value)
+
+
+def test_null_optional_keys_and_the_defaults_pass() -> None:
+    from train.config import load_config
+
+    cfg = load_config(
+        DEFAULT_YAML, overrides=["eval.embed_size=null", "data.heldout.atypical.sigma_px=null"]
+    )
+    assert cfg.eval.embed_size is None
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if "sweeps" not in path.parts:
+            load_config(DEFAULT_YAML, path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["data.heldout.typcal.n=0"], "Did you mean 'typical'"),  # meant to empty typical
+        (["data.heldout.far.radius_px=[1,2]"], "not used by position=gaussian"),
+        (["data.heldout.far.scale=[0.9,1.1]"], "which equal training"),
+        (["eval.n_bootstrap=100", "eval.ci_level=0.99"], "at least 400"),
+        (["trainer.fast_dev_run=3"], "'trainer.fast_dev_run=3'"),
+        (["trainer.limit_train_batches=0.0"], "trains on no batch"),
+        (["trainer.max_steps=0"], "trains for no step"),
+        (["trainer.limit_test_batches=0"], "no held-out accuracy"),
+        (["optim.momentum=0"], "optim.nesterov=true needs momentum"),
+        (["data.object_size=0.01"], "smaller than a pixel"),
+    ],
+)
+def test_rules_across_keys_and_trainer_settings_without_a_result(
+    overrides: list[str], fragment: str
+) -> None:
+    from invlab.config import ConfigError
+    from train.config import load_config
+
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config(DEFAULT_YAML, overrides=overrides)
+
+
+def test_what_the_rules_leave_alone() -> None:
+    """An empty split of an unrelated name (configs empty YAML splits they do not load that
+    way), a split that only changes its source, and the trainer settings that still train."""
+    from train.config import load_config
+
+    load_config(overrides=["data.heldout.position.n=0", "data.heldout.other.source=digits"])
+    load_config(
+        DEFAULT_YAML,
+        overrides=[
+            "eval.n_bootstrap=400",
+            "eval.ci_level=0.99",
+            "trainer.fast_dev_run=false",
+            "trainer.limit_train_batches=0.5",
+            "trainer.max_steps=-1",
+            "optim.optimizer=adamw",
+            "optim.momentum=0",
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- image files
+def _decode(path: Path, side: int = 6) -> tuple[np.ndarray, np.ndarray | None]:
+    from train.data.folder import decode_image
+
+    return decode_image(str(path), (side, side))
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for value, expected in [(65535, 255), (32896, 128), (0, 0), (257, 1)]:
+        path = tmp_path / f"{value}.png"
+        Image.fromarray(np.full((6, 6), value, np.uint16)).save(path)
+        assert Image.open(path).mode.startswith("I")  # a real 16-bit PNG
+        rgb, alpha = _decode(path)
+        assert rgb.dtype == np.uint8 and (rgb == expected).all() and alpha is None, value
+
+
+def test_palette_grey_cmyk_and_alpha_images_become_rgb_with_their_alpha(tmp_path: Path) -> None:
+    from PIL import Image
+
+    pal = Image.new("P", (6, 6))
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.paste(1, (0, 0, 3, 6))  # left half blue, right half red
+    pal.save(tmp_path / "p.png")
+    pal.save(tmp_path / "p_transparent.png", transparency=0)  # red is transparent
+    Image.new("LA", (6, 6), (100, 128)).save(tmp_path / "la.png")
+    Image.new("L", (6, 6), 77).save(tmp_path / "l.png")
+    Image.new("CMYK", (6, 6), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    Image.new("RGBA", (6, 6), (10, 20, 30, 255)).save(tmp_path / "opaque.png")
+
+    rgb, alpha = _decode(tmp_path / "p.png")
+    assert rgb[0, 0].tolist() == [0, 0, 255] and rgb[0, 5].tolist() == [255, 0, 0]
+    assert alpha is None
+    rgb, alpha = _decode(tmp_path / "p_transparent.png")
+    assert alpha is not None and alpha[0, 0] == 255 and alpha[0, 5] == 0
+    rgb, alpha = _decode(tmp_path / "la.png")
+    assert (rgb == 100).all() and alpha is not None and (alpha == 128).all()
+    assert (_decode(tmp_path / "l.png")[0] == 77).all()
+    rgb, _ = _decode(tmp_path / "cmyk.jpg")
+    assert rgb[2, 2, 0] > 250 and rgb[2, 2, 1] < 5 and rgb[2, 2, 2] < 5  # red
+    rgb, alpha = _decode(tmp_path / "opaque.png")
+    assert rgb[0, 0].tolist() == [10, 20, 30] and alpha is None  # opaque: no mask
+
+
+def test_a_batch_with_a_transparent_image_masks_it_and_keeps_the_others_opaque(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from train.data.folder import FolderPool
+
+    Image.new("RGB", (6, 6), (1, 2, 3)).save(tmp_path / "rgb.png")
+    Image.new("RGBA", (6, 6), (9, 9, 9, 0)).save(tmp_path / "clear.png")
+    pool = FolderPool([(str(tmp_path / "rgb.png"), 0), (str(tmp_path / "clear.png"), 1)], 6)
+    objects = pool.take(np.array([0, 1]), 6)
+    assert objects.masks is not None and objects.masks.shape == (2, 1, 6, 6)
+    assert (objects.masks[0] == 255).all() and (objects.masks[1] == 0).all()
+    assert pool.take(np.array([0]), 6).masks is None  # opaque alone: rectangles as before
+
+
+def test_a_corrupt_image_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from invlab.config import ConfigError
+
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:1500])
+    with pytest.raises(ConfigError, match=re.escape(f"image file {path}: ")) as err:
+        _decode(path)
+    assert "truncated" in str(err.value).lower() and "replace it" in str(err.value)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match="empty.png: cannot identify image file"):
+        _decode(tmp_path / "empty.png")
+
+
+def test_a_source_with_one_class_is_refused_whatever_the_source(tmp_path: Path) -> None:
+    from invlab.config import ConfigError
+    from train.config import load_config
+    from train.data import ArrayPool, Source, build_datamodule, register_source
+
+    @register_source("test_one_class", override=True)
+    def one_class(cfg, seed: int) -> Source:
+        pool = ArrayPool(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4))
+        return Source("test_one_class", ["only"], pool, pool)
+
+    cfg = load_config(overrides=["data.source=test_one_class", "data.image_size=8"])
+    with pytest.raises(ConfigError, match=r"'test_one_class' has 1 class\(es\) \('only'\)"):
+        build_datamodule(cfg).setup()
+
+
+# ---------------------------------------------------------------------------- permissions
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_honour_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    from invlab.config import save_config
+    from invlab.files import atomic_write_bytes, atomic_write_text
+    from train.config import load_config
+
+    cfg = load_config()
+    old = os.umask(umask)
+    try:
+        written = [
+            atomic_write_text(tmp_path / "a.json", "{}"),
+            atomic_write_bytes(tmp_path / "sub" / "b.png", b"\x89PNG"),
+            save_config(cfg, tmp_path / "run" / "config.yaml"),
+        ]
+    finally:
+        os.umask(old)
+    for path in written:
+        assert path.stat().st_mode & 0o777 == mode, path
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary file left behind
+
+
+def test_an_atomic_rewrite_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> None:
+    from invlab.files import atomic_write_text
+
+    path = tmp_path / "metrics.json"
+    path.write_text("{}")
+    path.chmod(0o640)
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(path, '{"a": 1}')
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == '{"a": 1}'
