@@ -211,6 +211,10 @@ class DataConfig:
     # Training batches sliced by index from the uint8 split held on the training device (no
     # DataLoader): auto (when it fits, see train.data.device_loader) | true | false.
     on_device: str = field("auto", choices=("auto", "true", "false"))
+    # data.render=false splits decoded from files one image at a time by DataLoader workers,
+    # never held in memory: auto (when in memory they would exceed a quarter of the available
+    # RAM, or 2 GiB without psutil; see train.data.stream) | true | false.
+    stream: str = field("auto", choices=("auto", "true", "false"))
     # Per-channel normalisation of images in [0, 1].
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5], ge=0, le=1)
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25], gt=0)
@@ -242,7 +246,9 @@ class ModelConfig:
     padding_mode: str = field("zeros", choices=("zeros", "reflect", "replicate", "circular"))
     norm: str = field("batch", choices=("batch", "none"))
     head: str = field("gap", choices=("gap", "flatten"))
-    small_input: bool = True  # timm/tv: 3x3 stride-1 stem, no stem max-pool
+    # timm/tv only, when asked: a 3x3 stride-1 stem without max-pool for 16-64 px images. Off by
+    # default: a named architecture is never changed silently (pretrained weights included).
+    small_input: bool = False
     pretrained: Optional[str] = None  # a local weights file (never downloaded)
     init_from: Optional[str] = None  # a checkpoint whose weights initialise the model
     # init_from: false allows missing/unexpected keys and shape mismatches beyond the classifier

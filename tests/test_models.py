@@ -108,12 +108,36 @@ def test_resnet18_small_input_stem(name: str) -> None:
 
 
 def test_small_input_other_stems() -> None:
-    mnv3 = models.build({"name": "timm:mobilenetv3_small_050"}, 10)
+    small = {"small_input": True}
+    mnv3 = models.build({"name": "timm:mobilenetv3_small_050", **small}, 10)
     assert mnv3.conv_stem.stride == (1, 1) and mnv3(_x()).shape == (2, 10)
-    tv_mnv2 = models.build({"name": "tv:mobilenet_v2"}, 10)
+    tv_mnv2 = models.build({"name": "tv:mobilenet_v2", **small}, 10)
     assert tv_mnv2.features[0][0].stride == (1, 1)
     with pytest.raises(ConfigError, match="small_input=false"):
-        models.build({"name": "tv:vit_b_16"}, 10)
+        models.build({"name": "tv:vit_b_16", **small}, 10)
+
+
+@pytest.mark.parametrize("name", ["timm:resnet10t", "tv:resnet18"])
+def test_a_named_architecture_is_built_as_itself_by_default(name: str) -> None:
+    """No default rewrites a library model: same modules and the same logits as the library's
+    own constructor (the stride-1 stem would keep parameter names and shapes, and silently
+    evaluate another network)."""
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    ours = models.build({"name": name}, 10).eval()
+    lib = name.split(":")[1]
+    plain = (
+        timm.create_model(lib, num_classes=10)
+        if name.startswith("timm:")
+        else torchvision.models.get_model(lib, num_classes=10)
+    ).eval()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), plain(x))
+    assert str(ours) == str(plain)
 
 
 @pytest.mark.parametrize(
