@@ -120,7 +120,7 @@ class InvarianceMonitor(L.Callback):
         if self.cfg.plots:
             from eval.plots import save_plots
 
-            save_plots(report, self.report_dir)
+            save_plots(report, self.report_dir, num_classes=getattr(pl_module, "num_classes", None))
 
 
 def _log_wandb_curves(logger: WandbLogger, report: dict[str, Any]) -> None:

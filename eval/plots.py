@@ -1,4 +1,4 @@
-"""Figures of an invariance report (``train.figures``: no pyplot, no display needed)."""
+"""Figures of one run's invariance report (``invlab.figures``: no pyplot, no display needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,29 @@ from pathlib import Path
 from typing import Any
 
 from eval.runner import SCALAR_METRICS, TRANSFORMS
-from invlab.figures import new_figure, save_figure
+from invlab.figures import (
+    DPI,
+    PAGE_WIDTH,
+    categorical_axis,
+    chance_line,
+    legend_outside,
+    new_figure,
+    save_figure,
+    styled,
+    suptitle,
+)
+
+METRIC_LABELS = {
+    "p_change": "P(top-1 change)",
+    "mac": "mean abs. change of p(top-1)",
+    "consistency": "consistency",
+    "worst_case_accuracy": "worst-case accuracy",
+}
+
+
+def space(method: str) -> str:
+    """A typicality method as the space its distances are measured in."""
+    return {"features": "feature-space", "pixels": "pixel-space"}.get(method, method)
 
 
 def _x_axis(block: dict[str, Any], transform: str) -> tuple[list[float], str]:
@@ -20,60 +42,127 @@ def _x_axis(block: dict[str, Any], transform: str) -> tuple[list[float], str]:
     return dy, "shift (px)" if dx == dy else "shift dy (px)"
 
 
-def _trajectory_figure(report: dict[str, Any], transform: str, path: Path) -> Path | None:
-    """Accuracy, P(change) per step and feature cosine along the trajectory, one line per split."""
+def _images(report: dict[str, Any], splits: list[str] | None = None) -> str:
+    """``500 images per split`` from the report's protocol block ('' when it has none)."""
+    counts = report.get("protocol", {}).get("n_images") or {}
+    values = sorted({int(n) for s, n in counts.items() if splits is None or s in splits})
+    if not values:
+        return ""
+    span = str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+    return f"{span} image{'s' if values[-1] != 1 else ''} per split"
+
+
+def _num_classes(report: dict[str, Any], num_classes: int | None) -> int | None:
+    return num_classes if num_classes is not None else report.get("num_classes")
+
+
+@styled
+def _trajectory_figure(
+    report: dict[str, Any], transform: str, path: Path, num_classes: int | None = None
+) -> Path | None:
+    """Accuracy, P(change) per step and feature cosine along the trajectory, one line per split
+    (each point a mean over the split's images)."""
+    from matplotlib.lines import Line2D
+
     splits = {s: b[transform] for s, b in report["splits"].items() if transform in b}
     for name, block in report.get("typicality", {}).get("subsets", {}).items():
         if transform in block:  # quantile subsets by typicality score
             splits[f"{name} (scored)"] = block[transform]
     if not splits or report["protocol"].get("trajectory") == "grid" and transform == "translate":
         return None
-    fig = new_figure(13, 3.6)
+    chance = _num_classes(report, num_classes)
+    fig = new_figure(PAGE_WIDTH, 2.9, dpi=DPI, layout="constrained")
     axes = fig.subplots(1, 3)
-    for split, block in splits.items():
+    handles = []
+    for i, (split, block) in enumerate(splits.items()):
         x, label = _x_axis(block, transform)
-        axes[0].plot(x, block["accuracy_by_view"], marker="o", label=split)
+        style = {"color": f"C{i % 10}", "marker": "o", "markersize": 3}
+        if "(scored)" in split:
+            style["linestyle"] = "--"
+        axes[0].plot(x, block["accuracy_by_view"], **style)
         steps = block.get("p_change_by_step")
         if steps:
             mid = [(a + b) / 2 for a, b in zip(x[:-1], x[1:], strict=True)]
-            axes[1].plot(mid, steps, marker="o", label=split)
+            axes[1].plot(mid, steps, **style)
         cos = block.get("feature_cosine_by_view")
         if cos:
-            axes[2].plot(x, cos, marker="o", label=split)
+            axes[2].plot(x, cos, **style)
+        handles.append(Line2D([], [], label=split, **style))
         for ax in axes:
             ax.set_xlabel(label)
+    chance_line(axes[0], chance)
+    if chance:
+        handles.append(axes[0].get_lines()[-1])
     axes[0].set_ylabel("accuracy")
-    axes[1].set_ylabel("P(top-1 change) between neighbours")
-    axes[2].set_ylabel("feature cosine to reference view")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{transform}: {report['protocol'].get('protocol')} protocol")
-    return save_figure(fig, path, dpi=110)
+    axes[1].set_ylabel("P(top-1 change) per step")
+    axes[2].set_ylabel("feature cosine to reference")
+    if not any(b.get("feature_cosine_by_view") for b in splits.values()):
+        axes[2].set_visible(False)
+    legend_outside(fig, handles)
+    protocol = report["protocol"]
+    how = (
+        f"{protocol.get('protocol')} protocol, {protocol.get('trajectory')} trajectory; "
+        "reference: no shift"
+        if transform == "translate"
+        else f"{protocol.get('scale_protocol') or protocol.get('protocol')} protocol; "
+        "reference: scale 1"
+    )
+    images = _images(report)
+    suptitle(
+        fig,
+        f"{transform.capitalize()} ({how})",
+        f"each point the mean over {images} at that view" if images else "mean per view",
+    )
+    return save_figure(fig, path)
 
 
-def _typicality_figure(report: dict[str, Any], path: Path) -> Path | None:
+@styled
+def _typicality_figure(
+    report: dict[str, Any], path: Path, num_classes: int | None = None
+) -> Path | None:
+    """Accuracy and every invariance metric against typicality bin (mean per bin)."""
     typ = report.get("typicality")
     if not typ:
         return None
     curve = typ["curve"]
     transforms = [t for t in TRANSFORMS if t in curve]
-    fig = new_figure(4.5 * (len(transforms) + 1), 3.6)
+    fig = new_figure(PAGE_WIDTH, 2.7, dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(transforms) + 1)
-    x = list(range(1, len(curve["score"]) + 1))
-    axes[0].plot(x, curve["accuracy"], marker="o")
+    labels = [str(b) for b in range(1, len(curve["score"]) + 1)]
+    x = list(range(len(labels)))
+    axes[0].plot(x, curve["accuracy"], marker="o", markersize=3, color="0.2")
+    chance_line(axes[0], _num_classes(report, num_classes))
     axes[0].set_ylabel("accuracy")
     for ax, tr in zip(axes[1:], transforms, strict=True):
-        for metric in SCALAR_METRICS:
-            ax.plot(x, curve[tr][metric], marker="o", label=metric)
-        ax.set_title(tr)
-        ax.legend(fontsize=8)
+        for i, metric in enumerate(SCALAR_METRICS):
+            ax.plot(
+                x,
+                curve[tr][metric],
+                marker="o",
+                markersize=3,
+                color=f"C{i}",
+                label=METRIC_LABELS.get(metric, metric),
+            )
+        ax.set_ylabel(f"{tr}: metric value")
     for ax in axes:
-        ax.set_xlabel(f"typicality bin ({typ['method']}: 1 = nearest to training)")
-        ax.grid(alpha=0.3)
-    return save_figure(fig, path, dpi=110)
+        categorical_axis(ax, labels, "typicality bin (1 = nearest)")
+    handles, _ = axes[-1].get_legend_handles_labels()
+    if axes[0].get_legend_handles_labels()[0]:
+        handles += axes[0].get_legend_handles_labels()[0]
+    legend_outside(fig, handles)
+    pooled = len(typ.get("pooled_splits") or [])
+    n = sum(int(v) for v in (report.get("protocol", {}).get("n_images") or {}).values())
+    suptitle(
+        fig,
+        f"By typicality ({len(labels)} equal-count bins of the {space(typ['method'])} distance "
+        f"to the {typ.get('k')} nearest training images)",
+        "mean per bin",
+        f"{n} images pooled from {pooled} splits" if n and pooled else "",
+    )
+    return save_figure(fig, path)
 
 
+@styled
 def _cosine_maps(report: dict[str, Any], path: Path) -> Path | None:
     maps = {
         s: b["translate"]["cosine_map"]
@@ -86,34 +175,56 @@ def _cosine_maps(report: dict[str, Any], path: Path) -> Path | None:
     # One shared range from the lowest cosine to 1: post-ReLU features keep cosines near 1, and
     # a fixed 0..1 scale would hide the structure; shared so the splits compare by colour.
     low = min(min(min(row) for row in cmap) for cmap in maps.values())
-    fig = new_figure(4.2 * len(maps), 3.8)
-    axes = fig.subplots(1, len(maps), squeeze=False)
-    for ax, (split, cmap) in zip(axes[0], maps.items(), strict=True):
-        draw_cosine_map(ax, cmap, shift, low, f"{split}: feature cosine")
-    return save_figure(fig, path, dpi=110)
+    side = min(2.0, (PAGE_WIDTH - 0.9) / len(maps))
+    fig = new_figure(side * len(maps) + 0.9, side + 0.7, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(maps), squeeze=False, sharey=True)[0]
+    image = None
+    for i, (ax, (split, cmap)) in enumerate(zip(axes, maps.items(), strict=True)):
+        image = draw_cosine_map(ax, cmap, shift, low, split, colorbar=False)
+        if i:
+            ax.set_ylabel("")
+    fig.colorbar(image, ax=axes, shrink=0.9, label="feature cosine")
+    images = _images(report, list(maps))
+    suptitle(
+        fig,
+        f"Feature cosine of each shifted view to the centre view (±{shift:g} px grid)",
+        f"mean over {images}" if images else "mean over images",
+    )
+    return save_figure(fig, path)
 
 
-def draw_cosine_map(ax: Any, cmap: Any, shift: float, low: float, title: str) -> None:
+def draw_cosine_map(
+    ax: Any, cmap: Any, shift: float, low: float, title: str, colorbar: bool = True
+) -> Any:
     """One shift map (feature cosine to the centre view over the 2-D grid of offsets within
-    ``shift`` px) on ``ax`` with its colour bar, on the range ``low``..1 shared by its figure."""
+    ``shift`` px) on ``ax``, on the range ``low``..1 shared by its figure; with its own colour
+    bar unless ``colorbar`` is False (the figure draws one for all). Returns the image."""
     extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)  # pixel-centred cells
     im = ax.imshow(cmap, extent=extent, vmin=min(low, 0.999), vmax=1, cmap="viridis")
-    ax.set_title(title, fontsize=8)
-    ax.set_xlabel("dx (px)", fontsize=8)
-    ax.set_ylabel("dy (px)", fontsize=8)
-    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    ax.grid(False)
+    ax.set_title(title)
+    ax.set_xlabel("dx (px)")
+    ax.set_ylabel("dy (px)")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, label="feature cosine")
+    return im
 
 
 def save_plots(
-    report: dict[str, Any], out_dir: str | Path, prefix: str = "invariance"
+    report: dict[str, Any],
+    out_dir: str | Path,
+    prefix: str = "invariance",
+    num_classes: int | None = None,
 ) -> list[Path]:
-    """Write the report's figures as PNGs into ``out_dir``; returns the written paths."""
+    """Write the report's figures into ``out_dir`` (each a PNG with a PDF beside it); returns
+    the PNGs' paths. ``num_classes`` (else the report's own, when it records one) puts chance
+    level on the accuracy axes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        _trajectory_figure(report, "translate", out / f"{prefix}_translate.png"),
-        _trajectory_figure(report, "scale", out / f"{prefix}_scale.png"),
-        _typicality_figure(report, out / f"{prefix}_typicality.png"),
+        _trajectory_figure(report, "translate", out / f"{prefix}_translate.png", num_classes),
+        _trajectory_figure(report, "scale", out / f"{prefix}_scale.png", num_classes),
+        _typicality_figure(report, out / f"{prefix}_typicality.png", num_classes),
         _cosine_maps(report, out / f"{prefix}_cosine_map.png"),
     ]
     return [p for p in written if p is not None]

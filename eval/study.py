@@ -31,11 +31,27 @@ from pathlib import Path
 from typing import Any
 
 from eval.contrasts import NOT_RESOLVED, adjusted_verdict, contrast, holm, seeds_to_resolve
-from eval.plots import draw_cosine_map
+from eval.plots import draw_cosine_map, space
 from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
 from invlab.config import ConfigError
-from invlab.figures import new_figure, save_figure
+from invlab.figures import (
+    DPI,
+    MARKERS,
+    PAGE_WIDTH,
+    SEED_POINT,
+    categorical_axis,
+    chance_handle,
+    chance_line,
+    interval_handle,
+    legend_outside,
+    mean_and_seeds,
+    new_figure,
+    save_figure,
+    seed_handle,
+    styled,
+    suptitle,
+)
 from invlab.suggest import did_you_mean
 
 # Keys that never make two runs different experiments: bookkeeping, and how a run is executed
@@ -630,6 +646,75 @@ def contrasts_markdown(rows: list[dict[str, Any]], keys: list[str], level: float
     return f"# {contrast_summary(rows, level)}\n\n{notes}\n\n{table}\n"
 
 
+# --------------------------------------------------------------------------------- figures
+# Every figure says what it shows: its title names the seeds, the images and the interval;
+# each group's mean carries its across-seed interval as an error bar, each seed's value is a
+# small hollow point beside it, and accuracy axes show chance (1 / classes).
+FEW = 8  # at most this many numeric values of a swept key are drawn as evenly spaced categories
+Y_LABELS = {
+    "accuracy": "accuracy",
+    "p_change": "P(top-1 change)",
+    "consistency": "consistency",
+    "mac": "mean abs. change of p(top-1)",
+    "worst_case_accuracy": "worst-case accuracy",
+    "cosine_local": "feature cosine, local",
+    "cosine_global": "feature cosine, global",
+}
+
+
+def _count(values: Collection[int], noun: str) -> str:
+    """``3 seeds``, ``2-3 seeds``: the counts a figure's groups or splits hold."""
+    low, high = min(values), max(values)
+    plural = "s" if high != 1 else ""
+    return f"{low}{'' if low == high else f'–{high}'} {noun}{plural}"
+
+
+def _seeds_text(groups: Sequence[Group]) -> str:
+    return _count([len(g.runs) for g in groups] or [0], "seed")
+
+
+def _images_text(runs: Sequence[Run], splits: Sequence[str] | None = None) -> str:
+    """``300 images per split`` from the runs' protocol blocks ('' when none records it)."""
+    counts = [
+        int(n)
+        for r in runs
+        for s, n in (
+            r.metrics.get("invariance", {}).get("protocol", {}).get("n_images") or {}
+        ).items()
+        if splits is None or s in splits
+    ]
+    return f"{_count(counts, 'image')} per split" if counts else ""
+
+
+def num_classes(runs: Sequence[Run]) -> int | None:
+    """The runs' number of classes (``metrics.json["num_classes"]``) when they agree."""
+    found = {r.metrics.get("num_classes") for r in runs}
+    found.discard(None)
+    return int(found.pop()) if len(found) == 1 else None
+
+
+def _interval_text(level: float, groups: Sequence[Group]) -> str:
+    return f"mean and {100 * level:.0f}% t-interval across {_seeds_text(groups)}"
+
+
+def _tick(value: Any) -> str:
+    """A config value as a tick or legend label: a list as its items joined by "+"."""
+    if isinstance(value, list):
+        return "+".join(map(_tick, value)) if value else "(none)"
+    return _show(value)
+
+
+def _x_positions(values: list[Any]) -> tuple[list[float], list[str], bool]:
+    """Where the values of a swept key go on the x axis: evenly spaced categories (in ascending
+    order when numeric) unless there are many numbers; their tick labels; ordered or not."""
+    numeric = _numeric(values)
+    labels = [_tick(v) for v in values]
+    if numeric and len(set(values)) > FEW:
+        return [float(v) for v in values], labels, True
+    return [float(i) for i in range(len(values))], labels, numeric
+
+
+@styled
 def plot_by(
     groups: Sequence[Group],
     rows: list[dict[str, Any]],
@@ -638,10 +723,13 @@ def plot_by(
     path: Path,
     marks: Collection[tuple[str, str, str, str]] = (),
     mark_label: str = "resolved (Holm)",
+    level: float = 0.95,
 ) -> Path:
-    """Each headline metric against ``by``: one line per split with its across-seed band; one
-    row of panels per combination of the other varied keys. A point whose ``(group label,
-    split, transform, metric)`` is in ``marks`` gets a star (a resolved contrast)."""
+    """Each headline metric against ``by``: per split (colour) the group's mean with its
+    across-seed interval and each seed's value beside it, the values of ``by`` as evenly spaced
+    categories; one row of panels per combination of the other varied keys. A point whose
+    ``(group label, split, transform, metric)`` is in ``marks`` is a star (a resolved
+    contrast)."""
     from matplotlib.lines import Line2D
 
     index = _lookup(rows)
@@ -653,75 +741,170 @@ def plot_by(
         facets.setdefault(label, []).append(g)
     panels = [(t, tr, m) for t, tr, m, gap in HEADLINE if not gap and "/" not in m]
     splits = splits_of([r for g in groups for r in g.runs])
-    fig = new_figure(3.6 * len(panels), 2.9 * len(facets) + 0.4)
-    axes = fig.subplots(len(facets), len(panels), squeeze=False)
-    for row_axes, (facet, members) in zip(axes, facets.items(), strict=True):
-        xs_raw = [g.key.get(by) for g in members]
-        numeric = _numeric(xs_raw)
-        order = sorted(range(len(members)), key=lambda i: xs_raw[i] if numeric else i)
-        xs = [xs_raw[i] if numeric else i for i in order]
-        for ax, (title, tr, metric) in zip(row_axes, panels, strict=True):
-            for split in splits:
+    chance = num_classes([r for g in groups for r in g.runs])
+    colours = {s: _colour(i, len(splits)) for i, s in enumerate(splits)}
+    fig = new_figure(PAGE_WIDTH, 2.0 * len(facets) + 0.9, dpi=DPI, layout="constrained")
+    # one row (a subfigure titled by the other keys' values) per facet
+    rows_ = fig.subfigures(len(facets), 1, squeeze=False)[:, 0]
+    axes = [sub.subplots(1, len(panels), squeeze=False)[0] for sub in rows_]
+    slot = 0.8 / max(1, len(splits))
+    for r, (row_axes, (facet, members)) in enumerate(zip(axes, facets.items(), strict=True)):
+        if facet:
+            rows_[r].suptitle(facet, fontsize="medium")
+        last = r == len(facets) - 1
+        values = [g.key.get(by) for g in members]
+        order = sorted(range(len(members)), key=lambda i: values[i] if _numeric(values) else i)
+        xs, labels, ordered = _x_positions([values[i] for i in order])
+        width = slot * (min(b - a for a, b in zip(xs, xs[1:], strict=False)) if len(xs) > 1 else 1)
+        for ax, (_, tr, metric) in zip(row_axes, panels, strict=True):
+            for j, split in enumerate(splits):
                 stats = [index.get((members[i].label, split, tr, metric)) for i in order]
                 if all(s is None for s in stats):
                     continue
-                nan = math.nan
-                mean = [s["mean"] if s else nan for s in stats]
-                (line,) = ax.plot(xs, mean, marker="o", label=split, linewidth=1.2, markersize=3)
-                for x, y, i in zip(xs, mean, order, strict=True):
-                    if (members[i].label, split, tr, metric) in marks:
-                        ax.plot([x], [y], marker="*", markersize=10, color=line.get_color())
-                        marked = True
-                ax.fill_between(
-                    xs,
-                    [s["lo"] if s else nan for s in stats],
-                    [s["hi"] if s else nan for s in stats],
-                    alpha=0.15,
-                )
-            if not numeric:
-                ax.set_xticks(xs, [_show(xs_raw[i]) for i in order], rotation=20, fontsize=7)
-            ax.set_title(f"{title}" + (f"\n{facet}" if facet else ""), fontsize=8)
-            ax.set_xlabel(by, fontsize=8)
-            ax.grid(alpha=0.3)
-    handles, _ = axes[0][0].get_legend_handles_labels()
+                dx = (j - (len(splits) - 1) / 2) * width
+                centres = [x + dx - 0.15 * width for x in xs]
+                if ordered:  # a thin line through the means of an ordered variable
+                    ax.plot(
+                        centres,
+                        [s["mean"] if s else math.nan for s in stats],
+                        color=colours[split],
+                        linewidth=0.7,
+                        alpha=0.6,
+                    )
+                for x, s, i in zip(xs, stats, order, strict=True):
+                    if s is None:
+                        continue
+                    star = (members[i].label, split, tr, metric) in marks
+                    marked |= star
+                    seeds = [
+                        v
+                        for _, v in sorted(_per_seed(members[i], split, tr, metric, False).items())
+                    ]
+                    mean_and_seeds(
+                        ax,
+                        x + dx,
+                        s["mean"],
+                        (s["lo"], s["hi"]),
+                        seeds,
+                        colours[split],
+                        width=width,
+                        star=star,
+                    )
+            if metric == "accuracy":
+                chance_line(ax, chance)
+            if not (ordered and len(xs) > FEW):  # many numbers keep a numeric axis
+                categorical_axis(ax, labels)
+            if last:  # the x axis is the same in every row: named once, at the bottom
+                ax.set_xlabel(by)
+            ax.set_ylabel(f"{Y_LABELS.get(metric, metric)}, {tr}")
+    for column in zip(*axes, strict=True):  # one y range per metric: rows compare by eye
+        low = min(ax.get_ylim()[0] for ax in column)
+        high = max(ax.get_ylim()[1] for ax in column)
+        for ax in column:
+            ax.set_ylim(low, high)
+    handles: list[Any] = [
+        Line2D([], [], color=colours[s], marker="o", linestyle="", label=s) for s in splits
+    ]
+    handles += [interval_handle(f"mean ± {100 * level:.0f}% t-interval"), seed_handle()]
     if marked:
-        star = Line2D([], [], color="black", marker="*", markersize=8, linestyle="")
-        handles.append(star)
-        star.set_label(mark_label)
-    axes[0][0].legend(handles=handles, fontsize=7)
+        handles.append(
+            Line2D([], [], color="0.3", marker="*", markersize=8, linestyle="", label=mark_label)
+        )
+    if chance:
+        handles.append(chance_handle(chance))
+    legend_outside(fig, handles)
+    runs = [r for g in groups for r in g.runs]
+    suptitle(
+        fig,
+        f"Per held-out split against {by}: {_interval_text(level, groups)}",
+        _images_text(runs),
+    )
     return save_figure(fig, path)
 
 
-def plot_typicality(groups: Sequence[Group], by: str, path: Path) -> Path | None:
-    """Accuracy and P(top-1 change) against typicality decile (distance to the training set),
-    one line per value of ``by`` (mean over seeds); None when no run scored typicality."""
-    curves = {}
+def _typicality_curves(group: Group) -> list[dict[str, Any]]:
+    """Each seed's invariance-by-typicality curve (runs that scored typicality)."""
+    curves = [r.metrics.get("invariance", {}).get("typicality", {}) for r in group.runs]
+    return [c for c in curves if c.get("curve")]
+
+
+def _finite(values: Sequence[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(float(v))]
+
+
+@styled
+def plot_typicality(
+    groups: Sequence[Group], by: str, path: Path, level: float = 0.95
+) -> Path | None:
+    """Accuracy and P(top-1 change) against typicality bin (distance to the training set): per
+    value of ``by`` (colour) the mean over seeds with its t-interval and each seed's value
+    beside it; None when no run scored typicality."""
+    from matplotlib.lines import Line2D
+
+    curves: dict[str, list[dict[str, Any]]] = {}
+    scored: list[Group] = []
     for g in groups:
-        per_seed = [
-            r.metrics.get("invariance", {}).get("typicality", {}).get("curve") for r in g.runs
-        ]
-        per_seed = [c for c in per_seed if c]
-        if per_seed:
-            curves[_show(g.key.get(by))] = per_seed
+        found = _typicality_curves(g)
+        if found:
+            curves.setdefault(_tick(g.key.get(by)), []).extend(found)
+            scored.append(g)
     if not curves:
         return None
-    fig = new_figure(8, 3.2)
-    for i, (title, pick) in enumerate(
-        (
-            ("accuracy", lambda c: c["accuracy"]),
-            ("P(top-1 change), translate", lambda c: c["translate"]["p_change"]),
-        )
-    ):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for label, per_seed in curves.items():
-            series = [pick(c) for c in per_seed]
-            n = min(len(s) for s in series)
-            mean = [sum(s[j] for s in series) / len(series) for j in range(n)]
-            ax.plot(range(1, n + 1), mean, marker="o", markersize=3, label=f"{by}={label}")
-        ax.set_xlabel("typicality decile (1 = nearest the training set)", fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    first = next(iter(curves.values()))[0]
+    n_bins = min(len(t["curve"]["accuracy"]) for per in curves.values() for t in per)
+    chance = num_classes([r for g in scored for r in g.runs])
+    colours = {label: _colour(i, len(curves)) for i, label in enumerate(curves)}
+    fig = new_figure(PAGE_WIDTH, 2.9, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    width = 0.8 / len(curves)
+    xs = [float(b) for b in range(n_bins)]
+    picks = (
+        ("accuracy", lambda c: c["accuracy"]),
+        ("P(top-1 change), translate", lambda c: c.get("translate", {}).get("p_change")),
+    )
+    for ax, (ylabel, pick) in zip(axes, picks, strict=True):
+        categorical_axis(ax, [str(b) for b in range(1, n_bins + 1)])
+        for k, (label, per_seed) in enumerate(curves.items()):
+            series = [pick(t["curve"]) for t in per_seed]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            dx = (k - (len(curves) - 1) / 2) * width
+            means = []
+            for b, x in enumerate(xs):
+                seeds = _finite([s[b] for s in series])
+                stat = t_interval(seeds, level)
+                means.append(stat["mean"])
+                lo, hi = _clip("rate", stat["ci"]) if stat["n"] > 1 else (math.nan, math.nan)
+                mean_and_seeds(
+                    ax, x + dx, stat["mean"], (lo, hi), seeds, colours[label], width=width
+                )
+            ax.plot(
+                [x + dx - 0.15 * width for x in xs],
+                means,
+                color=colours[label],
+                linewidth=0.7,
+                alpha=0.6,
+            )
+        if ylabel == "accuracy":
+            chance_line(ax, chance)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("typicality bin (1 = nearest the training set)")
+    handles: list[Any] = [
+        Line2D([], [], color=colours[c], marker="o", linestyle="", label=c) for c in curves
+    ]
+    handles += [interval_handle(f"mean ± {100 * level:.0f}% t-interval"), seed_handle()]
+    if chance:
+        handles.append(chance_handle(chance))
+    legend_outside(fig, handles, title=by)
+    pooled = len(first.get("pooled_splits") or [])
+    suptitle(
+        fig,
+        f"By typicality ({n_bins} equal-count bins of the {space(str(first.get('method')))} "
+        f"distance to the {first.get('k')} nearest training images)",
+        _interval_text(level, scored),
+        f"images pooled from {pooled} held-out splits" if pooled else "",
+    )
     return save_figure(fig, path)
 
 
@@ -734,58 +917,99 @@ def _colour(i: int, n: int) -> Any:
     return colormaps["tab20"](i % 20)
 
 
+@styled
 def plot_scatter(
     groups: Sequence[Group],
     rows: list[dict[str, Any]],
     x: tuple[str, str, str],
     panels: Sequence[tuple[str, str, str]],
     path: Path,
+    level: float = 0.95,
+    title: str = "",
 ) -> Path:
-    """One panel per ``(transform, metric, title)`` against ``x`` (the same triple): one colour
-    per group, one marker per split, across-seed intervals on both axes."""
+    """One panel per ``(transform, metric, label)`` against ``x`` (the same triple): one colour
+    per group, one marker per split, the across-seed mean with its interval on both axes and
+    each seed's own point (hollow); the legend below the panels."""
     from matplotlib.lines import Line2D  # lazily, like every matplotlib import here
 
     index = _lookup(rows)
     splits = splits_of([r for g in groups for r in g.runs])
-    markers = "osD^vP*X<>"
     colours = [_colour(gi, len(groups)) for gi in range(len(groups))]
-    fig = new_figure(4.3 * (len(panels) + 1), 4.2)
-    for p, (tr, metric, title) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels) + 1, p + 1)
+    chance = num_classes([r for g in groups for r in g.runs])
+    fig = new_figure(PAGE_WIDTH, 3.3, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (tr, metric, label) in zip(axes, panels, strict=True):
         for gi, g in enumerate(groups):
             for si, split in enumerate(splits):
                 xs = index.get((g.label, split, x[0], x[1]))
                 ys = index.get((g.label, split, tr, metric))
                 if xs is None or ys is None:
                     continue
+                marker = MARKERS[si % len(MARKERS)]
+                px = _per_seed(g, split, x[0], x[1], False)
+                py = _per_seed(g, split, tr, metric, False)
+                both = sorted(set(px) & set(py))
+                ax.plot(
+                    [px[s] for s in both],
+                    [py[s] for s in both],
+                    marker=marker,
+                    linestyle="",
+                    color=colours[gi],
+                    markerfacecolor="none",
+                    **SEED_POINT,
+                )
                 ax.errorbar(
                     xs["mean"],
                     ys["mean"],
-                    xerr=[[xs["mean"] - xs["lo"]], [xs["hi"] - xs["mean"]]],
-                    yerr=[[ys["mean"] - ys["lo"]], [ys["hi"] - ys["mean"]]],
-                    fmt=markers[si % len(markers)],
+                    xerr=_err(xs),
+                    yerr=_err(ys),
+                    fmt=marker,
                     color=colours[gi],
-                    markersize=5,
-                    elinewidth=0.8,
+                    markersize=4.5,
+                    markeredgecolor="white",
+                    markeredgewidth=0.4,
+                    elinewidth=0.9,
+                    zorder=3,
                 )
-        ax.set_xlabel(x[2], fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
+        if x[1] == "accuracy":
+            chance_line(ax, chance, axis="x")
+        if metric == "accuracy":
+            chance_line(ax, chance)
+        ax.set_xlabel(x[2])
+        ax.set_ylabel(label)
+        ax.grid(True, axis="both")
     # One legend entry per group (colour) and per split (marker), not per combination.
-    handles = [
+    handles: list[Any] = [
         Line2D([], [], color=colour, marker="o", linestyle="", label=g.short_label)
         for colour, g in zip(colours, groups, strict=True)
     ] + [
-        Line2D([], [], color="black", marker=markers[si % len(markers)], linestyle="", label=split)
+        Line2D([], [], color="0.3", marker=MARKERS[si % len(MARKERS)], linestyle="", label=split)
         for si, split in enumerate(splits)
     ]
-    legend = fig.add_subplot(1, len(panels) + 1, len(panels) + 1)
-    legend.axis("off")
-    legend.legend(handles=handles, fontsize=6, loc="center left")
+    handles += [interval_handle(f"mean ± {100 * level:.0f}% t-interval"), seed_handle()]
+    if chance:
+        handles.append(chance_handle(chance))
+    legend_outside(fig, handles)
+    runs = [r for g in groups for r in g.runs]
+    suptitle(
+        fig,
+        title,
+        f"{_interval_text(level, groups)} on both axes",
+        _images_text(runs),
+    )
     return save_figure(fig, path)
 
 
-def plot_tradeoff(groups: Sequence[Group], rows: list[dict[str, Any]], path: Path) -> Path:
+def _err(row: dict[str, Any]) -> list[list[float]] | None:
+    """An error bar from a report row's interval; None where it has none (one seed)."""
+    if any(v is None or math.isnan(v) for v in (row["lo"], row["hi"])):
+        return None
+    return [[max(row["mean"] - row["lo"], 0.0)], [max(row["hi"] - row["mean"], 0.0)]]
+
+
+def plot_tradeoff(
+    groups: Sequence[Group], rows: list[dict[str, Any]], path: Path, level: float = 0.95
+) -> Path:
     """Accuracy against invariance under translation. Where the groups lie on a line,
     invariance is being bought with accuracy (or the reverse)."""
     return plot_scatter(
@@ -793,36 +1017,51 @@ def plot_tradeoff(groups: Sequence[Group], rows: list[dict[str, Any]], path: Pat
         rows,
         ("translate", "accuracy", "accuracy"),
         [
-            ("translate", "consistency", "consistency (translate)"),
+            ("translate", "consistency", "consistency, translate"),
             ("translate", "p_change", "P(top-1 change), translate"),
         ],
         path,
+        level,
+        "Invariance against accuracy per group (colour) and split (marker)",
     )
 
 
 def plot_homogeneity(
-    groups: Sequence[Group], rows: list[dict[str, Any]], window: str, path: Path
+    groups: Sequence[Group],
+    rows: list[dict[str, Any]],
+    window: str,
+    path: Path,
+    level: float = 0.95,
 ) -> Path:
     """Accuracy and P(top-1 change) against the splits' local homogeneity (Mouton et al.)."""
     return plot_scatter(
         groups,
         rows,
-        (DATA, f"homogeneity/{window}", f"local homogeneity, {window}x{window} windows"),
+        (
+            DATA,
+            f"homogeneity/{window}",
+            f"local homogeneity of the split ({window}×{window} windows)",
+        ),
         [
             ("translate", "accuracy", "accuracy"),
             ("translate", "p_change", "P(top-1 change), translate"),
         ],
         path,
+        level,
+        "Against the images' local homogeneity per group (colour) and split (marker)",
     )
 
 
+@styled
 def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
     """The exhaustive shift grid's feature cosine to the centre view, mean over seeds: one row
-    per group, one column per split, one shared colour range. None when no run has a map."""
+    per group, one column per split, one shared colour range and colour bar. None when no run
+    has a map."""
     import numpy as np
 
     splits = splits_of([r for g in groups for r in g.runs])
     maps: dict[tuple[int, str], Any] = {}
+    n_maps: dict[tuple[int, str], int] = {}
     shift = 0
     for gi, g in enumerate(groups):
         for split in splits:
@@ -830,21 +1069,39 @@ def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
             per_seed = [np.asarray(b["cosine_map"]) for b in blocks if b and b.get("cosine_map")]
             if per_seed:
                 maps[gi, split] = np.mean(per_seed, axis=0)
+                n_maps[gi, split] = len(per_seed)
                 shift = (maps[gi, split].shape[0] - 1) // 2
     if not maps:
         return None
     cols = [s for s in splits if any((gi, s) in maps for gi in range(len(groups)))]
     rows_ = [gi for gi in range(len(groups)) if any((gi, s) in maps for s in cols)]
     low = min(float(m.min()) for m in maps.values())
-    fig = new_figure(3.9 * len(cols), 3.5 * len(rows_))
-    axes = fig.subplots(len(rows_), len(cols), squeeze=False)
-    for ax_row, gi in zip(axes, rows_, strict=True):
-        for ax, split in zip(ax_row, cols, strict=True):
+    side = min(1.9, (PAGE_WIDTH - 0.9) / len(cols))
+    fig = new_figure(
+        side * len(cols) + 0.9, side * len(rows_) + 0.75, dpi=DPI, layout="constrained"
+    )
+    axes = fig.subplots(len(rows_), len(cols), squeeze=False, sharex=True, sharey=True)
+    image = None
+    for r, (ax_row, gi) in enumerate(zip(axes, rows_, strict=True)):
+        for c, (ax, split) in enumerate(zip(ax_row, cols, strict=True)):
             if (gi, split) not in maps:
                 ax.axis("off")
                 continue
-            title = f"{groups[gi].short_label}\n{split} (mean of {len(groups[gi].runs)})"
-            draw_cosine_map(ax, maps[gi, split], shift, low, title)
+            title = f"{groups[gi].short_label}\n{split}"
+            image = draw_cosine_map(ax, maps[gi, split], shift, low, title, colorbar=False)
+            if r < len(rows_) - 1:
+                ax.set_xlabel("")
+            if c > 0:
+                ax.set_ylabel("")
+    fig.colorbar(image, ax=axes, shrink=0.9, label="feature cosine")
+    seeds = _count(list(n_maps.values()), "seed")
+    images = _images_text([groups[gi].runs[0] for gi in rows_], cols)
+    suptitle(
+        fig,
+        f"Feature cosine of each shifted view to the centre view (±{shift} px grid)",
+        f"mean over {seeds}",
+        images,
+    )
     return save_figure(fig, path)
 
 
@@ -906,14 +1163,14 @@ def write_report(
         (out / "contrasts.md").write_text(contrasts_markdown(contrasts, keys, level))
         files.append(out / "contrasts.md")
     if len(groups) > 1:
-        files.append(plot_tradeoff(groups, rows, out / "tradeoff.png"))
+        files.append(plot_tradeoff(groups, rows, out / "tradeoff.png", level))
     maps = plot_cosine_maps(groups, out / "cosine_maps.png")
     if maps is not None:
         files.append(maps)
     windows = [r["metric"].split("/")[1] for r in rows if r["transform"] == DATA]
     if windows:
         window = min(windows, key=int)
-        files.append(plot_homogeneity(groups, rows, window, out / "homogeneity.png"))
+        files.append(plot_homogeneity(groups, rows, window, out / "homogeneity.png", level))
     for key in list(by) or keys[:1]:
         reference = base if key == contrast_key and base is not None else key_values(groups, key)[0]
         files.append(
@@ -925,9 +1182,12 @@ def write_report(
                 out / f"by_{key.replace('.', '_')}.png",
                 _marks(contrasts, key, reference),
                 f"resolved vs {short_label({key: reference})} (Holm)",
+                level,
             )
         )
-        typ = plot_typicality(groups, key, out / f"typicality_by_{key.replace('.', '_')}.png")
+        typ = plot_typicality(
+            groups, key, out / f"typicality_by_{key.replace('.', '_')}.png", level
+        )
         if typ is not None:
             files.append(typ)
     return {
