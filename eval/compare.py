@@ -8,7 +8,18 @@ from typing import Any
 
 from eval.report import cell, read_metrics, render_rows
 from invlab.config import ConfigError
-from invlab.figures import new_figure, save_figure
+from invlab.figures import (
+    DPI,
+    PAGE_WIDTH,
+    categorical_axis,
+    chance_handle,
+    chance_line,
+    legend_outside,
+    new_figure,
+    save_figure,
+    styled,
+    suptitle,
+)
 
 # (column title, path inside an invariance split block, signed); None: the split's accuracy.
 COLUMNS: tuple[tuple[str, tuple[str, ...] | None, bool], ...] = (
@@ -102,26 +113,70 @@ def format_comparison(runs: list[dict[str, Any]]) -> str:
     return "\n".join(render_rows(header, rows))
 
 
+def _run_label(run: dict[str, Any], varying: list[str]) -> str:
+    """A run's name with the config keys that differ between the runs compared."""
+    keys = [k for k in varying if k != "seed" or len(varying) > 1]
+    shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={run['config'][k]}" for k in keys)
+    return f"{run['run']} ({shown})" if shown else str(run["run"])
+
+
+def _interval(runs: list[dict[str, Any]]) -> tuple[str, str]:
+    """What the whiskers are: the runs' bootstrap level and unit, and their images per split."""
+    protocols = [_get(r["metrics"], ("invariance", "protocol")) or {} for r in runs]
+    levels = {p.get("ci_level") for p in protocols if p.get("ci_level") is not None}
+    level = f"{100 * levels.pop():.0f}%" if len(levels) == 1 else ""
+    counts = sorted({int(n) for p in protocols for n in (p.get("n_images") or {}).values()})
+    images = ""
+    if counts:
+        span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+        images = f"{span} images per split"
+    unit = (
+        "instances"
+        if any("instance" in str(p.get("bootstrap_unit")) for p in protocols)
+        else "images"
+    )
+    return f"mean and {level} bootstrap interval over {unit} (whiskers)".replace("  ", " "), images
+
+
+@styled
 def save_comparison_plot(runs: list[dict[str, Any]], path: str | Path) -> Path:
-    """Grouped bars with interval whiskers: accuracy and P(top-1 change) per run and split."""
+    """Accuracy and P(top-1 change) per held-out split (x, categories), one colour per run:
+    each run's mean with its bootstrap interval as whiskers; chance level on the accuracy axis.
+    Writes a PDF beside the PNG; returns the PNG's path."""
+    from matplotlib.lines import Line2D
+
     splits = list(dict.fromkeys(s for r in runs for s in _splits(r)))
-    panels = (("accuracy", None), ("P(top-1 change), translate", ("translate", "p_change")))
-    fig = new_figure(max(6.0, 1.1 * len(runs) * max(1, len(splits)) / 2 + 3), 3.6)
-    width = 0.8 / max(1, len(splits))
-    xs = range(len(runs))
-    for i, (title, key) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for j, split in enumerate(splits):
-            stats = [_stat(r, split, key) for r in runs]
-            means = [s["mean"] if s else 0.0 for s in stats]
-            err = [
-                [s["mean"] - s["ci"][0] if s else 0.0 for s in stats],
-                [s["ci"][1] - s["mean"] if s else 0.0 for s in stats],
-            ]
-            pos = [x - 0.4 + width * (j + 0.5) for x in xs]
-            ax.bar(pos, means, width=width, label=split, yerr=err, capsize=2)
-        ax.set_xticks(list(xs), [str(r["run"]) for r in runs], rotation=30, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7)
+    varying = [k for k in ABLATION_KEYS if len({str(r["config"][k]) for r in runs}) > 1]
+    panels = (
+        ("accuracy", None),
+        ("P(top-1 change), translate", ("translate", "p_change")),
+    )
+    classes = {r["metrics"].get("num_classes") for r in runs} - {None}
+    chance = int(classes.pop()) if len(classes) == 1 else None
+    fig = new_figure(PAGE_WIDTH, 2.9, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(1, len(runs))
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for ax, (ylabel, key) in zip(axes, panels, strict=True):
+        xs = categorical_axis(ax, splits, "held-out split")
+        for i, r in enumerate(runs):
+            dx = (i - (len(runs) - 1) / 2) * width
+            for x, split in zip(xs, splits, strict=True):
+                s = _stat(r, split, key)
+                if not s:
+                    continue
+                err = [[max(s["mean"] - s["ci"][0], 0.0)], [max(s["ci"][1] - s["mean"], 0.0)]]
+                ax.errorbar([x + dx], [s["mean"]], yerr=err, fmt="o", color=colours[i], zorder=3)
+        if key is None:
+            chance_line(ax, chance)
+        ax.set_ylabel(ylabel)
+    handles: list[Any] = [
+        Line2D([], [], color=c, marker="o", linestyle="", label=_run_label(r, varying))
+        for c, r in zip(colours, runs, strict=True)
+    ]
+    if chance:
+        handles.append(chance_handle(chance))
+    legend_outside(fig, handles)
+    interval, images = _interval(runs)
+    suptitle(fig, f"Per run and held-out split: {interval}", images)
     return save_figure(fig, path)

@@ -254,3 +254,24 @@ def test_categorical_values_get_one_tick_each(tmp_path: Path, captured: dict[str
         assert list(ax.get_xticks()) == [0.0, 1.0, 2.0]
         assert [t.get_text() for t in ax.get_xticklabels()] == ["flip", "scale", "translate"]
     assert "2–3 seeds" in fig._suptitle.get_text()
+
+
+def test_compare_plot_names_its_axes_and_whiskers(
+    tmp_path: Path, captured: dict[str, Figure]
+) -> None:
+    from eval.compare import load_runs, save_comparison_plot
+
+    runs = [_run(tmp_path, shift, 0) for shift in (0, 4)]
+    path = save_comparison_plot(load_runs(runs), tmp_path / "cmp.png")
+    assert path == tmp_path / "cmp.png" and (tmp_path / "cmp.pdf").is_file()
+    fig = captured["cmp.png"]
+    _check_layout(fig)
+    title = fig._suptitle.get_text()
+    assert "95% bootstrap interval over instances (whiskers)" in title
+    assert "50 images per split" in title
+    acc, change = fig.get_axes()
+    assert acc.get_ylabel() == "accuracy" and change.get_ylabel().startswith("P(top-1 change)")
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["typical", "far"]
+    assert list(_chance(acc)[0].get_ydata()) == [1 / CLASSES, 1 / CLASSES]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == [f"{r.name} (max_shift_px={s})" for r, s in zip(runs, (0, 4), strict=True)]
