@@ -85,29 +85,37 @@ def draw_split_params(
     return Placement(np.concatenate(offsets), np.concatenate(scales)), bg_params
 
 
-def object_extents(objects: Objects, extent: np.ndarray) -> np.ndarray:
+def object_extents(objects: Objects, extent: np.ndarray, raster: int | None = None) -> np.ndarray:
     """[n, 4] px from each object's centre to the edges of its covered box (left, right, up,
-    down) when it is rendered ``extent`` px wide: from the alpha mask's nonzero rows and columns,
-    plus half a raster pixel that bilinear sampling spreads coverage by (objects without a mask
-    cover their whole square)."""
+    down) when it is rendered ``extent`` px wide: from the alpha mask's nonzero rows and columns
+    (objects without a mask cover their whole square), plus one texel of the raster actually
+    sampled (``composite`` shrinks larger images to ``raster`` px): half a texel that bilinear
+    sampling spreads coverage by, and half for the edge of a mask drawn again at another
+    resolution (a rescaled view re-renders the object larger)."""
     n = len(objects)
     if objects.masks is None:
-        frac = np.tile(np.array([[0.5, 0.5, 0.5, 0.5]]), (n, 1))
+        frac = np.full((n, 4), 0.5 + _bleed(objects.images.shape[-1], raster))
     else:
         alpha = objects.masks[:, 0] > 0  # [n, h, w]
         h, w = alpha.shape[-2:]
         cols, rows = alpha.any(1), alpha.any(2)  # [n, w], [n, h]
         frac = np.zeros((n, 4))
         for k, (mask, size) in enumerate(((cols, w), (rows, h))):
+            bleed = _bleed(size, raster)
             idx = torch.arange(size)
             has = mask.any(1)
             first = torch.where(mask, idx, size).amin(1).float()
             last = torch.where(mask, idx, -1).amax(1).float()
-            lo = (0.5 - (first - 0.5) / size).numpy()
-            hi = ((last + 1.5) / size - 0.5).numpy()
+            lo = (0.5 - first / size).numpy() + bleed
+            hi = ((last + 1) / size - 0.5).numpy() + bleed
             frac[:, 2 * k] = np.where(has.numpy(), lo, 0.0)
             frac[:, 2 * k + 1] = np.where(has.numpy(), hi, 0.0)
     return frac * np.asarray(extent, dtype=np.float64)[:, None]
+
+
+def _bleed(size: int, raster: int | None) -> float:
+    """Coverage spread beyond an object's last texel, as a fraction of its width."""
+    return 1.0 / max(size if raster is None else min(size, raster), 1)
 
 
 @dataclass
@@ -262,7 +270,7 @@ def render_split(
 
     def render(objects: Objects, start: int, stop: int) -> Tensor:
         place, bg = draw_split_params(placement, canvas, seed, split, start, stop, cell)
-        ext = object_extents(objects, place.scale * object_px)
+        ext = object_extents(objects, place.scale * object_px, raster)
         count = np.zeros(stop - start, dtype=np.int64)
         if frame is not None:
             count = _keep_in_frame(place, ext, frame, placement, seed, split, start)
