@@ -42,4 +42,4 @@ def save_grid(images_uint8: Tensor, augmenter: nn.Module, path: str | Path, n: i
     ax.imshow(grid, interpolation="nearest")
     ax.set_title(f"augment: {names} (top row: originals)", fontsize=9)
     ax.axis("off")
-    return save_figure(fig, path)
+    return save_figure(fig, path, vector=None)  # a grid of images: no vector copy

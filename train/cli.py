@@ -276,8 +276,9 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def cmd_compare(ns: argparse.Namespace) -> int:
     from eval.compare import format_comparison, load_runs, save_comparison_plot
 
-    if ns.out:
-        refuse_existing(ns.out, ns.overwrite)
+    if ns.out:  # the plot is written as PNG and as PDF beside it
+        for path in (Path(ns.out), Path(ns.out).with_suffix(".pdf")):
+            refuse_existing(path, ns.overwrite)
     rows = load_runs(ns.runs)
     print(format_comparison(rows))
     if ns.out:

@@ -86,5 +86,5 @@ def evaluate_checkpoint(
     if cfg.eval.plots:
         from eval.plots import save_plots
 
-        save_plots(report, out)
+        save_plots(report, out, num_classes=dm.num_classes)
     return report

@@ -47,7 +47,7 @@ def save_split_grid(dm: InvDataModule, path: str | Path, n: int = 10) -> Path:
         "splits (orange box: model input; outside it, the margin used by shift evaluation)",
         size=9,
     )
-    return save_figure(fig, path)
+    return save_figure(fig, path, vector=None)  # a grid of images: no vector copy
 
 
 def _rect(x: float, y: float, side: float, color: str, lw: float):
