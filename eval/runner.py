@@ -20,7 +20,7 @@ every view) with the object wholly inside the model window. Plus curves, ``homog
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,9 +144,25 @@ def make_plan(cfg_eval: Any, image_size: int) -> EvalPlan:
 
 
 # ------------------------------------------------------------------------------------- inputs
+def image_chunks(images: Any, idx: Tensor, size: int) -> Iterator[Tensor]:
+    """``images[idx]`` as uint8 chunks of ``size`` images, in order.
+
+    ``images`` is a uint8 tensor ``[N, 3, H, W]`` (sliced), or a lazy split: any object with
+    ``len``, ``shape`` and indexing, and optionally ``batches(indices, size)`` yielding the
+    chunks itself (e.g. decoded by DataLoader workers from files), so that only a chunk or two
+    is ever in memory.
+    """
+    batches = getattr(images, "batches", None)
+    if callable(batches):
+        yield from batches(idx, size)
+        return
+    for start in range(0, len(idx), size):
+        yield images[idx[start : start + size]]
+
+
 @dataclass
 class _Split:
-    images: Tensor
+    images: Any  # uint8 [N, 3, H, W], or a lazy split (see image_chunks)
     labels: Tensor
     groups: Tensor | None = None  # the instance each image shows (bootstrap unit)
     scene: Any = None  # object placements of rendered splits (in-frame geometry)
@@ -234,9 +250,11 @@ class _SplitEvaluator:
         device: torch.device,
         batch_size: int,
         score: Any = None,
+        windows: tuple[int, ...] = (),
     ) -> None:
         self.model, self.hook, self.plan, self.device = model, hook, plan, device
         self.score = score  # callable(images uint8, centre features) -> [n] typicality scores
+        self.windows = windows  # local homogeneity of the central crops at these window sizes
         translate = len(plan.offsets) + 2 if "translate" in plan.transforms else 0
         scale = len(plan.scales) if "scale" in plan.transforms else 0
         self.views_per_image = 1 + translate + scale
@@ -244,23 +262,27 @@ class _SplitEvaluator:
 
     def run(
         self,
-        images: Tensor,
+        images: Any,
+        idx: Tensor,
         labels: Tensor,
         pairs: Tensor,
         scale_pairs: Tensor,
         bar: Any,
         scale_renders: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Per-image values of ``images``; ``scale_renders`` [n, T, 3, H, W] are re-rendered
-        scale views (None: the embed protocol builds them from ``images``)."""
+        """Per-image values of ``images[idx]``, fetched a chunk at a time (see
+        :func:`image_chunks`); ``labels``, ``pairs``, ``scale_pairs`` and ``scale_renders``
+        [n, T, 3, H, W] (re-rendered scale views; None: the embed protocol builds them) are
+        those of ``idx``."""
         parts: dict[str, list[Tensor]] = {}
-        for start in range(0, images.shape[0], self.chunk):
+        chunks = image_chunks(images, idx, self.chunk)
+        for start, x in zip(range(0, len(idx), self.chunk), chunks, strict=True):
             sl = slice(start, start + self.chunk)
             renders = scale_renders[sl] if scale_renders is not None else None
-            values = self._chunk(images[sl], labels[sl], pairs[sl], scale_pairs[sl], renders)
+            values = self._chunk(x, labels[sl], pairs[sl], scale_pairs[sl], renders)
             for key, v in values.items():
                 parts.setdefault(key, []).append(v.cpu())
-            bar.update(images[sl].shape[0])
+            bar.update(x.shape[0])
         return {key: torch.cat(v) for key, v in parts.items()}
 
     def _chunk(
@@ -286,6 +308,10 @@ class _SplitEvaluator:
             self._scale_values(out, z, f, y, t0, scale_pairs)
         if self.score is not None:
             out["typicality/score"] = self.score(x, f[:, 0] if f is not None else None)
+        if self.windows:
+            crops = center_crop(x, self.plan.size)
+            for k in self.windows:
+                out[f"homogeneity/{k}"] = homogeneity.local_homogeneity(crops, k)
         return out
 
     def _views(self, x: Tensor, pairs: Tensor, scale_renders: Tensor | None) -> Tensor:
@@ -580,7 +606,9 @@ def evaluate(
             score, n_reference = _typicality_scorer(
                 model, hook, data, train_images, plan, cfg_eval, device
             )
-            runner = _SplitEvaluator(model, hook, plan, device, int(cfg_eval.batch_size), score)
+            runner = _SplitEvaluator(
+                model, hook, plan, device, int(cfg_eval.batch_size), score, _windows(cfg_eval, plan)
+            )
             per_split, padding = _run_splits(
                 runner, data, splits, counts, plan, scale_protocol, gather, progress
             )
@@ -608,7 +636,7 @@ def _typicality_scorer(
     if method == "none":
         return None, 0
     ref = train_images if train_images is not None else _get_split(data, "train").images
-    ref = ref[: int(tcfg.n_reference)]
+    n_ref = min(int(tcfg.n_reference), len(ref))
     embed = typicality.embedder(
         method,
         model=model,
@@ -618,13 +646,15 @@ def _typicality_scorer(
         batch_size=int(cfg_eval.batch_size),
         hook=hook,
     )
-    reference = embed(ref)
+    # In chunks of the embedder's own batch size: a lazy split is never whole in memory.
+    chunks = image_chunks(ref, torch.arange(n_ref), int(cfg_eval.batch_size))
+    reference = torch.cat([embed(chunk) for chunk in chunks])
 
     def score(x: Tensor, centre_features: Tensor | None) -> Tensor:
         q = centre_features if method == "features" else embed(x)
         return typicality.knn_distance(q, reference, int(tcfg.k))
 
-    return score, int(ref.shape[0])
+    return score, n_ref
 
 
 def _run_splits(
@@ -661,7 +691,7 @@ def _run_splits(
             if scale_protocol == "render":  # every scale of the split, rendered once
                 renders = data.render_scales(name, list(plan.scales), n)[idx]
             values = runner.run(
-                images[idx], labels[idx], pairs[idx], scale_pairs[idx], bar, renders
+                images, idx, labels[idx], pairs[idx], scale_pairs[idx], bar, renders
             )
             if sharded:
                 values = gather_values(values, idx, gather, n)
@@ -694,16 +724,30 @@ def _assemble_report(
         "protocol": _protocol_block(plan, cfg_eval, counts, padding, world, scale_protocol),
     }
     add_gaps(report, per_split, groups, plan, cfg_eval)
-    windows = [int(k) for k in cfg_eval.homogeneity_windows if k <= plan.size]
+    windows = _windows(cfg_eval, plan)
     if windows:
-        for s in per_split:
-            crops = center_crop(splits[s].images[: counts[s]], plan.size)
-            report["splits"][s]["homogeneity"] = homogeneity.homogeneity_report(
-                crops, windows, int(cfg_eval.n_bootstrap), float(cfg_eval.ci_level), plan.seed
-            )
+        for s, values in per_split.items():
+            report["splits"][s]["homogeneity"] = {
+                str(k): _homogeneity_ci(values[f"homogeneity/{k}"], cfg_eval, plan.seed)
+                for k in windows
+            }
     if str(cfg_eval.typicality.method) != "none" and per_split:
         report["typicality"] = _typicality_report(per_split, groups, plan, cfg_eval, n_reference)
     return report
+
+
+def _windows(cfg_eval: Any, plan: EvalPlan) -> tuple[int, ...]:
+    """``eval.homogeneity_windows`` that fit the model window."""
+    return tuple(int(k) for k in cfg_eval.homogeneity_windows if k <= plan.size)
+
+
+def _homogeneity_ci(values: Tensor, cfg_eval: Any, seed: int) -> dict[str, Any]:
+    """Mean local homogeneity of the images and its bootstrap interval over images (as
+    ``homogeneity.homogeneity_report``, from values computed chunk by chunk)."""
+    mean, lo, hi = metrics.bootstrap_ci(
+        values, int(cfg_eval.n_bootstrap), float(cfg_eval.ci_level), seed
+    )
+    return {"mean": mean, "ci": [lo, hi]}
 
 
 def _frame_values(
