@@ -354,6 +354,11 @@ def _check_cross_keys(cfg: DictConfig) -> None:
         )
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("'data.mean' and 'data.std' need 3 values each, std > 0.")
+    if d.stream == "true" and d.render:
+        raise ConfigError(
+            "data.stream=true needs data.render=false: rendered splits are made in memory. "
+            "Set data.render=false to take the images as they are, or data.stream=auto."
+        )
     o = cfg.optim
     if o.optimizer == "sgd" and o.nesterov and o.momentum == 0:
         raise ConfigError(
@@ -550,8 +555,9 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     import_plugins(cfg.plugins)
     _check_registered(cfg)
-    if isinstance(cfg.data.on_device, str):  # YAML `true` arrives in a str field as "True"
-        cfg.data.on_device = cfg.data.on_device.lower()
+    for key in ("on_device", "stream"):  # YAML `true` arrives in a str field as "True"
+        if isinstance(cfg.data[key], str):
+            cfg.data[key] = cfg.data[key].lower()
     _check_declared(cfg)
     _check_cross_keys(cfg)
     _check_trainer(cfg)

@@ -57,6 +57,7 @@ EXECUTION_KEYS = (
     "logger.",
     "data.num_workers",
     "data.on_device",
+    "data.stream",
     "model.compile",
     "model.compile_backend",
     "trainer.enable_progress_bar",

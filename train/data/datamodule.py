@@ -19,7 +19,7 @@ import lightning.pytorch as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from invlab.config import (
     Config,
@@ -31,6 +31,7 @@ from invlab.config import (
     ordered_heldout,
 )
 from invlab.imageops import center_crop
+from train.data import stream
 from train.data.background import TEXTURE_CELLS
 from train.data.device_loader import DeviceBatches, use_on_device
 from train.data.placement import FrameRule
@@ -132,11 +133,12 @@ class InvDataModule(L.LightningDataModule):
         self.cfg = cfg
         self._sources: dict[str, Source] = {}
         self._splits: dict[str, SplitData] = {}
-        self._eval_sets: dict[str, TensorDataset] = {}
+        self._eval_sets: dict[str, Dataset] = {}
         self._positions: dict[str, np.ndarray] | None = None
         self.instance_counts: dict[str, int] = {}
         self.notes: list[str] = []
         self.train_on_device: bool | None = None  # which path train_dataloader took
+        self.streaming: bool | None = None  # data.render=false splits decoded from files
 
     # ---------------------------------------------------------------------------- sources
     def _source(self, name: str) -> Source:
@@ -269,6 +271,11 @@ class InvDataModule(L.LightningDataModule):
             positions = self._allocate()[split]
         margin = self.margin(split)
         canvas = int(d.image_size) + 2 * margin
+        if not d.render and self._streams() and stream.streamable(pool):
+            images, labels, indices = stream.stream_split(
+                pool, positions, seed=int(self.cfg.seed), size=canvas, num_workers=d.num_workers
+            )
+            return SplitData(images, labels, margin, indices)
         if not d.render:
             images, labels, indices = resize_split(
                 pool, n, seed=int(self.cfg.seed), size=canvas, positions=positions
@@ -287,6 +294,13 @@ class InvDataModule(L.LightningDataModule):
             cell_px=int(d.image_size) / TEXTURE_CELLS,
         )
         return SplitData(images, labels, margin, indices, scene)
+
+    def _streams(self) -> bool:
+        """Whether splits are streamed (``data.stream``, decided once and noted)."""
+        if self.streaming is None:
+            self.streaming, note = stream.plan_stream(self)
+            self.notes.append(note)
+        return self.streaming
 
     @property
     def object_px(self) -> float:
@@ -337,7 +351,7 @@ class InvDataModule(L.LightningDataModule):
         return torch.stack(views, 1)
 
     # -------------------------------------------------------------------------- loaders
-    def _loader(self, dataset: TensorDataset, shuffle: bool, batch_size: int | None) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, batch_size: int | None) -> DataLoader:
         """Shuffled loaders draw their order from (seed, epoch): a resumed run sees the same
         batches as an uninterrupted one (Lightning calls ``set_epoch``)."""
         workers = int(self.cfg.data.num_workers)
@@ -361,6 +375,9 @@ class InvDataModule(L.LightningDataModule):
         """Shuffled training batches: sliced from the split on the device (``data.on_device``,
         see :func:`use_on_device`) or from a DataLoader; both give the same batches."""
         s = self.split("train")
+        if isinstance(s.images, stream.StreamImages):  # decoded by the DataLoader's workers
+            self.train_on_device = False
+            return self._loader(s.images.dataset, True, None)
         nbytes = s.images.nbytes + s.labels.nbytes
         self.train_on_device = use_on_device(str(self.cfg.data.on_device), nbytes, self.device)
         if not self.train_on_device:
@@ -381,8 +398,12 @@ class InvDataModule(L.LightningDataModule):
         """Centre-cropped (model-input window) batches of a split, in order."""
         if split not in self._eval_sets:
             s = self.split(split)
-            window = center_crop(s.images, s.images.shape[-1] - 2 * s.margin).contiguous()
-            self._eval_sets[split] = TensorDataset(window, s.labels)
+            side = s.images.shape[-1] - 2 * s.margin
+            if isinstance(s.images, stream.StreamImages):
+                self._eval_sets[split] = s.images.dataset.with_window(side)
+            else:
+                window = center_crop(s.images, side).contiguous()
+                self._eval_sets[split] = TensorDataset(window, s.labels)
         return self._loader(self._eval_sets[split], False, batch_size)
 
     def val_dataloader(self) -> DataLoader:
