@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from invlab.config import ConfigError
-from invlab.files import atomic_write_text
+from invlab.files import atomic_write_bytes, atomic_write_text
 
 from .checkpoint import CheckpointError, lightning_state, read_config, require_file, strip_prefixes
 
@@ -144,12 +143,7 @@ def export_checkpoint(
         "timm": _timm_arguments(config.get("model") or {}, out, int(num_classes or 0), data),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(weights, tmp, metadata={"format": "pt"})
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # Serialised in memory, then written like every other file (atomic, the user's umask).
+    atomic_write_bytes(out, save(weights, metadata={"format": "pt"}))
     json_path = atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2) + "\n")
     return out, json_path

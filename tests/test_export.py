@@ -4,6 +4,7 @@ fresh built-in CNN and through timm.create_model(pretrained=True, pretrained_cfg
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,13 @@ def _logits(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_export_builtin_cnn_reloads_to_identical_logits(tmp_path: Path) -> None:
     run = fit(tiny_config(tmp_path, "name=cnn", "eval.enabled=false"))
     out = tmp_path / "export" / "cnn.safetensors"
-    assert main(["export", str(run.last_checkpoint), str(out)]) == 0
+    umask = os.umask(0o027)
+    try:
+        assert main(["export", str(run.last_checkpoint), str(out)]) == 0
+    finally:
+        os.umask(umask)
+    for path in (out, out.with_suffix(".json")):  # readable by the group, as open() would
+        assert path.stat().st_mode & 0o777 == 0o640, path
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["model"]["name"] == "cnn" and meta["num_classes"] == 10
     assert meta["input"]["image_size"] == 16 and meta["timm"]["loadable"] is False
