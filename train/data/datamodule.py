@@ -1,4 +1,6 @@
-"""The datamodule: ``train``, ``val`` and the named held-out splits, in memory as uint8 tensors.
+"""The datamodule: ``train``, ``val`` and the named held-out splits, in memory as uint8 tensors,
+or (``data.render=false`` images too large for memory, ``data.stream``) streamed from their
+files by DataLoader workers (:mod:`train.data.stream`).
 
 Held-out splits (``data.heldout``) render held-out instances with the training placement
 except for the factors each split sets. ``val`` and every held-out split get disjoint instances
@@ -50,7 +52,8 @@ __all__ = [
 
 @dataclass
 class SplitData:
-    """One split: uint8 ``images`` [N, 3, S + 2m, S + 2m], int64 ``labels`` [N], ``margin`` m;
+    """One split: uint8 ``images`` [N, 3, S + 2m, S + 2m] (a lazy
+    :class:`~train.data.stream.StreamImages` when streamed), int64 ``labels`` [N], ``margin`` m;
     ``indices`` [N] are the instances' indices in their source (provenance, and the unit a
     bootstrap resamples); ``scene`` holds the placements of rendered splits."""
 

@@ -249,7 +249,9 @@ def plan_stream(dm: Any, limit: int | None = None) -> tuple[bool, str]:
     n = sum(sizes[s] for s in able)
     kept = [s for s in names if s not in able]
     also = f"; {', '.join(kept)} in memory" if kept else ""
+    workers = int(d.num_workers)
+    where = f"in {workers} workers" if workers else "in the main process (data.num_workers=0)"
     return True, (
-        f"Data: streaming {n} images from {d.root} in {int(d.num_workers)} workers "
+        f"Data: streaming {n} images from {d.root} {where} "
         f"(in memory they would take {size}; data.stream={setting}{also})."
     )
