@@ -22,6 +22,7 @@ EXPECTED = {
     "eval_throughput": r"eval\.evaluate\s+\d+ / \d+ / \d+\s+[\d.]+x",
     "fit_overhead": r"fit / raw loop, on device:\s+\d+\.\d{3}",
     "render_speed": r"quick datamodule setup \(shapes, 80 images",
+    "stream_memory": r"peak RSS, eval of 200 / 40 images: \d+ / \d+ MiB = \d\.\d{3}",
     "utilization": r"largest lever, timm resnet18: .+ of the limit\)",
 }
 
