@@ -159,6 +159,11 @@ ROWS = [
         ("fit", "{fit}", "data.source=folder", "data.root={files}/one_class"),
         "has 1 class(es) ('only')",
     ),
+    Row(
+        "render-false-factor-split",
+        ("fit", "{fit}", "data.render=false"),
+        "images are used as they are",
+    ),
 ]
 
 

@@ -360,8 +360,11 @@ def test_backgrounds_render(background):
 
 
 def test_render_false_uses_source_images_as_they_are():
-    dm = build_datamodule(_cfg("data.render=false", "data.source=digits"))
-    for name in ("train", "val", "typical", "atypical"):
+    empty = [f"data.heldout.{s}.n=0" for s in ("position", "scale", "background", "atypical")]
+    with pytest.raises(ConfigError, match="images are used as they are"):
+        _cfg("data.render=false", "data.source=digits")  # a factor split would equal typical
+    dm = build_datamodule(_cfg("data.render=false", "data.source=digits", *empty))
+    for name in ("train", "val", "typical"):
         s = dm.split(name)
         # No margin: every split shows the images at the model-input size, as in training.
         assert s.margin == 0 and s.images.shape == (len(s.labels), 3, S, S)

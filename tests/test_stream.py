@@ -139,6 +139,9 @@ def test_the_choice_is_automatic_by_size(tmp_path: Path) -> None:
     assert streaming and note.startswith("Data: streaming 48 images") and "auto" in note
     with pytest.raises(ConfigError, match="data.stream=true needs data.render=false"):
         tiny_config(tmp_path, "data.stream=true")
-    shapes = build_datamodule(tiny_config(tmp_path, "data.render=false", "data.stream=true"))
+    empty = [f"data.heldout.{s}.n=0" for s in ("position", "scale", "background", "atypical")]
+    shapes = build_datamodule(
+        tiny_config(tmp_path, "data.render=false", "data.stream=true", *empty)
+    )
     with pytest.raises(ConfigError, match="holds its images in memory"):
         shapes.setup()

@@ -271,6 +271,18 @@ def _check_heldout_factors(d: Any) -> None:
             f"define a new split (e.g. data.heldout.my_split) for that change."
         )
     keys = [k for group in FACTORS.values() for k in group] + ["source"]
+    if not d.render:  # images used as they are: only another source can make a split differ
+        for split in d.heldout:
+            rendered = [f for f in changed_factors(d, split) if f != "source"]
+            if rendered and d.heldout[split].n > 0:
+                raise ConfigError(
+                    f"Held-out split 'data.heldout.{split}' changes {', '.join(rendered)}, but "
+                    f"with data.render=false images are used as they are: nothing re-renders "
+                    f"them, so the split would show the same kind of images as 'typical' under "
+                    f"another name. Define it by data (data.heldout.{split}.source=<another source "
+                    f"with the same classes>), empty it (data.heldout.{split}.n=0), or set "
+                    f"data.render=true."
+                )
     for split in d.heldout:
         if split == "typical" or changed_factors(d, split):
             continue
