@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as L
 from lightning.pytorch.loggers import WandbLogger
 
+from eval import equivariance
 from eval.distributed import LightningGather
 from eval.report import scalars, write_json
 from eval.runner import SCALAR_METRICS, TRANSFORMS, evaluate
@@ -26,6 +27,9 @@ class InvarianceMonitor(L.Callback):
     keeps the last report in ``final_report``. Each report's ``provenance`` names ``checkpoint``
     (the file the evaluated weights are saved to, e.g. ``last.ckpt``) with the trainer's
     ``global_step`` and ``current_epoch`` (after training: the number of epochs run).
+    With ``eval.equivariance.enabled`` the final report also holds the per-layer shift-equivariance
+    profile (``eval.equivariance``) under ``equivariance``, logged as
+    ``equivariance/<split>/<layer>/<metric>``.
     """
 
     def __init__(
@@ -111,7 +115,10 @@ class InvarianceMonitor(L.Callback):
             report = self._run(trainer, pl_module)
         if not trainer.is_global_zero:
             return
+        if _equivariance_on(self.cfg) and "equivariance" not in report:
+            self._add_equivariance(trainer, pl_module, report)
         values = scalars(report)
+        values.update(equivariance.scalars(report.get("equivariance") or {}))
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
             if isinstance(logger, WandbLogger):
@@ -120,7 +127,40 @@ class InvarianceMonitor(L.Callback):
         if self.cfg.plots:
             from eval.plots import save_plots
 
-            save_plots(report, self.report_dir, num_classes=getattr(pl_module, "num_classes", None))
+            written = save_plots(
+                report, self.report_dir, num_classes=getattr(pl_module, "num_classes", None)
+            )
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    _log_wandb_figures(logger, written)
+
+    def _add_equivariance(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any]
+    ) -> None:
+        """The per-layer shift-equivariance profile of the final model on the report's splits
+        (rank 0 only: no collective runs), added under ``equivariance`` and written again."""
+        report["equivariance"] = equivariance.profile_splits(
+            pl_module,
+            trainer.datamodule,
+            list(report["splits"]),
+            self.cfg,
+            self.image_size,
+        )
+        write_json(report, self.report_dir / f"invariance_epoch{int(report['epoch']):03d}.json")
+
+
+def _equivariance_on(cfg_eval: Any) -> bool:
+    eq = getattr(cfg_eval, "equivariance", None)
+    return bool(eq is not None and eq.enabled)
+
+
+def _log_wandb_figures(logger: WandbLogger, paths: list[Path]) -> None:
+    """The equivariance profile figure as a W&B image (the other figures travel as tables)."""
+    import wandb
+
+    found = [p for p in paths if p.stem.endswith("_equivariance")]
+    if found:
+        logger.experiment.log({"equivariance/profile": wandb.Image(str(found[0]))})
 
 
 def _log_wandb_curves(logger: WandbLogger, report: dict[str, Any]) -> None:

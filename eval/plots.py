@@ -11,7 +11,9 @@ from invlab.figures import (
     PAGE_WIDTH,
     categorical_axis,
     chance_line,
+    interval_handle,
     legend_outside,
+    mean_and_seeds,
     new_figure,
     save_figure,
     styled,
@@ -210,6 +212,126 @@ def draw_cosine_map(
     return im
 
 
+EQUIVARIANCE_LABELS = {
+    "cosine_distance": "cosine distance (1 − cos)",
+    "l2": "normalised L2 distance",
+}
+
+
+def layer_label(name: str) -> str:
+    """A module path as a tick label: its last two parts (``features.down1`` -> ``down1``)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[0] != "features" else ".".join(parts[1:])
+
+
+def equivariance_subtitle(protocol: dict[str, Any]) -> str:
+    """How the shifts were drawn and compared, for a figure's title."""
+    return (
+        f"circular shifts within ±{protocol.get('max_shift_px')} px "
+        f"({protocol.get('trajectory')}); exact roll where the layer's stride divides the "
+        "shift, else both maps upsampled (bilinear, circular)"
+    )
+
+
+@styled
+def _equivariance_figure(report: dict[str, Any], path: Path) -> Path | None:
+    """Distance against depth: one panel per metric, the layers in forward order as categories,
+    one colour per split, each point the mean over images with its bootstrap interval."""
+    from matplotlib.lines import Line2D
+
+    block = report.get("equivariance")
+    if not block or not block.get("splits"):
+        return None
+    layers, splits = list(block["layers"]), list(block["splits"])
+    fig = new_figure(PAGE_WIDTH, 2.8, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(EQUIVARIANCE_LABELS))
+    width = 0.8 / max(1, len(splits))
+    for ax, (metric, ylabel) in zip(axes, EQUIVARIANCE_LABELS.items(), strict=True):
+        xs = categorical_axis(ax, [layer_label(n) for n in layers], "layer (forward order)")
+        for j, split in enumerate(splits):
+            dx = (j - (len(splits) - 1) / 2) * width
+            stats = [block["splits"][split].get(n, {}).get(metric) for n in layers]
+            for x, stat in zip(xs, stats, strict=True):
+                if stat:
+                    mean_and_seeds(
+                        ax, x + dx, stat["mean"], stat["ci"], [], f"C{j % 10}", width=width
+                    )
+            ax.plot(
+                [x + dx - 0.15 * width for x in xs],
+                [s["mean"] if s else float("nan") for s in stats],
+                color=f"C{j % 10}",
+                linewidth=0.7,
+                alpha=0.6,
+            )
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+    protocol = block.get("protocol", {})
+    level = protocol.get("ci_level", report.get("protocol", {}).get("ci_level"))
+    what = f"{100 * level:.0f}% " if isinstance(level, (int, float)) else ""
+    handles: list[Any] = [
+        Line2D([], [], color=f"C{j % 10}", marker="o", linestyle="", label=s)
+        for j, s in enumerate(splits)
+    ]
+    handles.append(interval_handle(f"mean ± {what}bootstrap interval over images"))
+    legend_outside(fig, handles)
+    suptitle(
+        fig,
+        "Shift equivariance by layer: distance between the features of the shifted image and "
+        "the shifted features (penultimate: pooled features, shifted vs unshifted image)",
+        equivariance_subtitle(protocol),
+        _images({"protocol": protocol}),
+    )
+    return save_figure(fig, path)
+
+
+@styled
+def _equivariance_maps(report: dict[str, Any], path: Path) -> Path | None:
+    """The cosine distance of every layer over the 2-D shift grid: one row per split, one column
+    per layer, one shared colour range; None without a grid."""
+    block = report.get("equivariance")
+    if not block or block.get("protocol", {}).get("trajectory") != "grid":
+        return None
+    layers, splits = list(block["layers"]), list(block["splits"])
+    maps = {
+        (s, n): block["splits"][s][n]["map"]["cosine_distance"]
+        for s in splits
+        for n in layers
+        if "map" in block["splits"][s].get(n, {})
+    }
+    if not maps:
+        return None
+    high = max(max(max(row) for row in m) for m in maps.values()) or 1e-6
+    shift = block["protocol"]["max_shift_px"]
+    side = min(1.5, (PAGE_WIDTH - 0.9) / len(layers))
+    fig = new_figure(
+        side * len(layers) + 0.9, side * len(splits) + 0.8, dpi=DPI, layout="constrained"
+    )
+    axes = fig.subplots(len(splits), len(layers), squeeze=False, sharex=True, sharey=True)
+    extent = (-shift - 0.5, shift + 0.5, shift + 0.5, -shift - 0.5)
+    image = None
+    for r, split in enumerate(splits):
+        for c, name in enumerate(layers):
+            ax = axes[r][c]
+            ax.grid(False)
+            if (split, name) not in maps:
+                ax.axis("off")
+                continue
+            image = ax.imshow(maps[split, name], extent=extent, vmin=0, vmax=high)
+            if r == 0:
+                ax.set_title(layer_label(name))
+            if c == 0:
+                ax.set_ylabel(f"{split}\ndy (px)")
+            if r == len(splits) - 1:
+                ax.set_xlabel("dx (px)")
+    fig.colorbar(image, ax=axes, shrink=0.9, label="cosine distance")
+    suptitle(
+        fig,
+        "Cosine distance at each shift, by layer (mean over images)",
+        equivariance_subtitle(block["protocol"]),
+    )
+    return save_figure(fig, path)
+
+
 def save_plots(
     report: dict[str, Any],
     out_dir: str | Path,
@@ -226,5 +348,7 @@ def save_plots(
         _trajectory_figure(report, "scale", out / f"{prefix}_scale.png", num_classes),
         _typicality_figure(report, out / f"{prefix}_typicality.png", num_classes),
         _cosine_maps(report, out / f"{prefix}_cosine_map.png"),
+        _equivariance_figure(report, out / f"{prefix}_equivariance.png"),
+        _equivariance_maps(report, out / f"{prefix}_equivariance_maps.png"),
     ]
     return [p for p in written if p is not None]

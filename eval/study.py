@@ -9,7 +9,9 @@ seeds, and the same for the gap to ``typical``. ``invlab eval`` outputs found be
 checkpoints under another protocol forms its own groups. It writes ``report.csv`` (every number),
 ``report.md`` (the headline table) and the plots: each metric against the swept variable, one
 line per split with an interval band, and, when typicality by distance was evaluated, the metric
-against typicality decile, one line per value of the swept variable.
+against typicality decile, one line per value of the swept variable. A per-layer
+shift-equivariance profile (``eval.equivariance``) is tabulated per layer and metric (transform
+``equivariance``, metric ``<layer>/<metric>``) and drawn against depth, one line per group.
 
 Contrasts (``contrasts.csv``, ``contrasts.md``): for every two groups that differ in exactly one
 key, every split, transform and metric (and every gap to ``typical``), the difference B - A
@@ -31,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from eval.contrasts import NOT_RESOLVED, adjusted_verdict, contrast, holm, seeds_to_resolve
-from eval.plots import draw_cosine_map, space
+from eval.plots import (
+    EQUIVARIANCE_LABELS,
+    draw_cosine_map,
+    equivariance_subtitle,
+    layer_label,
+    space,
+)
 from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
 from invlab.config import ConfigError
@@ -72,6 +80,9 @@ IGNORED_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_s
 # cosine_local / cosine_global exist when the exhaustive shift grid was evaluated (shift maps).
 METRICS = ("accuracy", *SCALAR_METRICS, "cosine_local", "cosine_global")
 DATA = "data"  # report rows about a split's images rather than a transform: homogeneity/<window>
+# report rows of the per-layer shift-equivariance profile: <layer>/<cosine_distance | l2>
+EQUIVARIANCE = "equivariance"
+EQUIVARIANCE_METRICS = ("cosine_distance", "l2")
 # (column title, transform, metric, from the gap block): the Markdown table's columns.
 HEADLINE = (
     ("accuracy", "translate", "accuracy", False),
@@ -262,7 +273,17 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
     return {"mean": mean, "ci": [mean - half, mean + half], "n": n}
 
 
+def _equivariance(run: Run) -> dict[str, Any]:
+    """The run's per-layer equivariance profile (empty when it was not evaluated)."""
+    return run.metrics.get("invariance", {}).get(EQUIVARIANCE) or {}
+
+
 def _value(run: Run, split: str, transform: str, metric: str, gap: bool) -> float | None:
+    if transform == EQUIVARIANCE:  # <layer>/<metric>; layer names hold dots, never slashes
+        layer, name = metric.rsplit("/", 1)
+        block = (_equivariance(run).get("splits") or {}).get(split, {}).get(layer) or {}
+        stat = (block.get("gap_to_typical") or {}).get(name) if gap else block.get(name)
+        return stat["mean"] if isinstance(stat, dict) and "mean" in stat else None
     if transform == DATA:  # a property of the split's images, e.g. homogeneity/2: no gap
         if gap:
             return None
@@ -285,15 +306,21 @@ def splits_of(runs: Sequence[Run]) -> list[str]:
 
 
 def _clip(metric: str, ci: Sequence[float]) -> tuple[float, float]:
-    """A t-interval clipped to the metric's range (rates in [0, 1], cosines in [-1, 1]): with
-    three seeds near a bound the symmetric interval would cross it."""
+    """A t-interval clipped to the metric's range (rates in [0, 1], cosines in [-1, 1], cosine
+    distances in [0, 2], normalised L2 distances >= 0): with three seeds near a bound the
+    symmetric interval would cross it."""
+    if metric.endswith("/cosine_distance"):
+        return max(ci[0], 0.0), min(ci[1], 2.0)
+    if metric.endswith("/l2"):
+        return max(ci[0], 0.0), ci[1]
     low = -1.0 if "cosine" in metric else 0.0
     return max(ci[0], low), min(ci[1], 1.0)
 
 
 def _cases(groups: Sequence[Group]) -> list[tuple[str, str]]:
     """Every (transform, metric) the report tabulates: the metrics of each transform
-    (conditional ones as ``given_correct/<metric>``) and the splits' homogeneity windows."""
+    (conditional ones as ``given_correct/<metric>``), the splits' homogeneity windows and the
+    equivariance profile's ``<layer>/<metric>`` (layers in forward order)."""
     metrics = [*METRICS, *(f"given_correct/{m}" for m in SCALAR_METRICS)]
     windows = sorted(
         {
@@ -306,7 +333,26 @@ def _cases(groups: Sequence[Group]) -> list[tuple[str, str]]:
         key=int,
     )
     cases = [(tr, m) for tr in TRANSFORMS for m in metrics]
-    return cases + [(DATA, f"homogeneity/{w}") for w in windows]
+    cases += [(DATA, f"homogeneity/{w}") for w in windows]
+    layers = equivariance_layers(groups)
+    return cases + [(EQUIVARIANCE, f"{n}/{m}") for n in layers for m in EQUIVARIANCE_METRICS]
+
+
+def equivariance_layers(groups: Sequence[Group]) -> list[str]:
+    """The layers of the runs' equivariance profiles in forward order (each run's order; a
+    layer only some runs have goes after the last layer it follows), ``penultimate`` last."""
+    order: list[str] = []
+    for run in (r for g in groups for r in g.runs):
+        previous = -1
+        for name in _equivariance(run).get("layers") or []:
+            if name in order:
+                previous = order.index(name)
+            else:
+                order.insert(previous + 1, name)
+                previous += 1
+    if "penultimate" in order:
+        order.append(order.pop(order.index("penultimate")))
+    return order
 
 
 def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, Any]]:
@@ -1105,6 +1151,97 @@ def plot_cosine_maps(groups: Sequence[Group], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+@styled
+def plot_equivariance(
+    groups: Sequence[Group], rows: list[dict[str, Any]], path: Path, level: float = 0.95
+) -> Path | None:
+    """Distance against depth: one row of panels per split, one panel per metric, the layers in
+    forward order as categories, one colour per group with its across-seed mean, t-interval and
+    each seed's value. None when no run has an equivariance profile."""
+    from matplotlib.lines import Line2D
+
+    index = _lookup(rows)
+    layers = equivariance_layers(groups)
+    if not layers:
+        return None
+    members = [g for g in groups if any(map(_equivariance, g.runs))]
+    splits = [
+        s
+        for s in splits_of([r for g in members for r in g.runs])
+        if any(
+            (g.label, s, EQUIVARIANCE, f"{n}/{m}") in index
+            for g in members
+            for n in layers
+            for m in EQUIVARIANCE_METRICS
+        )
+    ]
+    colours = [_colour(i, len(members)) for i in range(len(members))]
+    fig = new_figure(PAGE_WIDTH, 1.9 * len(splits) + 0.9, dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(splits), len(EQUIVARIANCE_METRICS), squeeze=False, sharex=True)
+    width = 0.8 / max(1, len(members))
+    for r, split in enumerate(splits):
+        for ax, metric in zip(axes[r], EQUIVARIANCE_METRICS, strict=True):
+            xs = categorical_axis(ax, [layer_label(n) for n in layers])
+            for gi, g in enumerate(members):
+                dx = (gi - (len(members) - 1) / 2) * width
+                stats = [index.get((g.label, split, EQUIVARIANCE, f"{n}/{metric}")) for n in layers]
+                for x, n, st in zip(xs, layers, stats, strict=True):
+                    if st is None:
+                        continue
+                    seeds = [
+                        v
+                        for _, v in sorted(
+                            _per_seed(g, split, EQUIVARIANCE, f"{n}/{metric}", False).items()
+                        )
+                    ]
+                    mean_and_seeds(
+                        ax,
+                        x + dx,
+                        st["mean"],
+                        (st["lo"], st["hi"]),
+                        seeds,
+                        colours[gi],
+                        width=width,
+                    )
+                ax.plot(
+                    [x + dx - 0.15 * width for x in xs],
+                    [st["mean"] if st else math.nan for st in stats],
+                    color=colours[gi],
+                    linewidth=0.7,
+                    alpha=0.6,
+                )
+            ax.set_ylabel(f"{EQUIVARIANCE_LABELS[metric]}\n{split}")
+            ax.set_ylim(bottom=0)
+            if r == len(splits) - 1:
+                ax.set_xlabel("layer (forward order)")
+    for column in zip(*axes, strict=True):  # one y range per metric: splits compare by eye
+        high = max(ax.get_ylim()[1] for ax in column)
+        for ax in column:
+            ax.set_ylim(0, high)
+    handles: list[Any] = [
+        Line2D([], [], color=c, marker="o", linestyle="", label=g.short_label)
+        for c, g in zip(colours, members, strict=True)
+    ]
+    handles += [interval_handle(f"mean ± {100 * level:.0f}% t-interval"), seed_handle()]
+    legend_outside(fig, handles)
+    runs = [r for g in members for r in g.runs]
+    protocol = _equivariance(runs[0]).get("protocol") or {}
+    counts = [
+        int(n)
+        for r in runs
+        for n in ((_equivariance(r).get("protocol") or {}).get("n_images") or {}).values()
+    ]
+    suptitle(
+        fig,
+        "Shift equivariance by layer per group (colour): distance between the features of the "
+        "shifted image and the shifted features (penultimate: pooled features)",
+        _interval_text(level, members),
+        f"{_count(counts, 'image')} per split" if counts else "",
+        equivariance_subtitle(protocol),
+    )
+    return save_figure(fig, path)
+
+
 def _marks(
     contrasts: list[dict[str, Any]], by: str, reference: Any
 ) -> set[tuple[str, str, str, str]]:
@@ -1133,7 +1270,8 @@ def write_report(
     Returns ``{"groups", "keys", "rows", "files", "table", "contrasts"}``; ``tradeoff.png``
     (accuracy against invariance) when there are several groups, ``homogeneity.png`` when the
     runs measured the splits' local homogeneity (smallest window), ``cosine_maps.png`` when
-    they evaluated the exhaustive shift grid. With several groups also ``contrasts.csv`` and
+    they evaluated the exhaustive shift grid, ``equivariance.png`` when they profiled shift
+    equivariance layer by layer. With several groups also ``contrasts.csv`` and
     ``contrasts.md``: the contrasts of every two groups that differ in one key (only
     ``contrast_key`` when given; only against its ``baseline`` value when given), and the
     plots against a key star the groups resolved (Holm) from the baseline or first value."""
@@ -1167,6 +1305,9 @@ def write_report(
     maps = plot_cosine_maps(groups, out / "cosine_maps.png")
     if maps is not None:
         files.append(maps)
+    profile = plot_equivariance(groups, rows, out / "equivariance.png", level)
+    if profile is not None:
+        files.append(profile)
     windows = [r["metric"].split("/")[1] for r in rows if r["transform"] == DATA]
     if windows:
         window = min(windows, key=int)

@@ -322,6 +322,21 @@ class TypicalityConfig:
 
 
 @dataclass
+class EquivarianceConfig:
+    """Per-layer shift equivariance (``eval.equivariance``): at the end of fit and in
+    ``invlab eval``, on the first ``n_images`` of every evaluated split, circular shifts within
+    ``±max_shift_px`` (the 2-D ``grid`` or the ``diagonal``). ``layers``: ``auto`` (the output
+    of every downsampling stage, then the penultimate features), ``penultimate`` or module names
+    of the network (``features.down1``)."""
+
+    enabled: bool = False
+    layers: list[str] = field(default_factory=lambda: ["auto"])
+    max_shift_px: int = field(3, ge=1, why="a shift of 0 px leaves nothing to compare")
+    trajectory: str = field("grid", choices=("grid", "diagonal"))
+    n_images: int = field(200, ge=1)  # per split (the first n)
+
+
+@dataclass
 class EvalConfig:
     enabled: bool = True
     every_n_epochs: int = field(0, ge=0)  # 0: only at the end of fit
@@ -361,6 +376,7 @@ class EvalConfig:
         default_factory=lambda: [2, 3, 4, 5], ge=2, why="a window needs two pixels to have a range"
     )
     typicality: TypicalityConfig = field(default_factory=TypicalityConfig)
+    equivariance: EquivarianceConfig = field(default_factory=EquivarianceConfig)
 
 
 # ------------------------------------------------------------------------------------- logger

@@ -35,7 +35,8 @@ def evaluate_checkpoint(
     checkpoint of ours (``state_dict`` keys ``net.*``) loads strictly into
     ``train.module.Classifier``; any other file is loaded into its ``net`` by
     ``models.load_weights`` (timm/torchvision weights for ``cfg.model.name``). Writes
-    ``<out_dir>/invariance.json`` (with the ``config`` used) and the figures; returns the report,
+    ``<out_dir>/invariance.json`` (with the ``config`` used; with ``eval.equivariance.enabled``
+    also the per-layer profile under ``equivariance``) and the figures; returns the report,
     with its ``provenance``.
     """
     import models
@@ -73,6 +74,12 @@ def evaluate_checkpoint(
         device=device,
         progress=progress,
     )
+    if cfg.eval.equivariance.enabled:  # the per-layer profile on the same splits
+        from eval.equivariance import profile_splits
+
+        report["equivariance"] = profile_splits(
+            clf.to(device), dm, list(report["splits"]), cfg.eval, int(cfg.data.image_size)
+        )
     report["checkpoint"] = str(path) if path is not None else f"pretrained: {cfg.model.name}"
     # The config that produced these numbers, so `invlab report` can group this evaluation
     # (e.g. eval.protocol=circular) with the runs it belongs to.
