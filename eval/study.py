@@ -73,6 +73,7 @@ IGNORED = (
     "model.init_from",
     "data.num_workers",
     "data.on_device",
+    "data.stream",
     "model.compile",
     "model.compile_backend",
 )
