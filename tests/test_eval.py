@@ -652,7 +652,8 @@ def test_scale_protocol_falls_back_to_embed_and_says_so() -> None:
     assert tensors["protocol"]["scale_protocol"] == "embed"
     assert tensors["protocol"]["scale_protocol_requested"] == "render"
     assert tensors["protocol"]["fill"] == "black" and tensors["protocol"]["embed_size"] == 0.5
-    for overrides in (["data.render=false"], ["eval.scale_protocol=embed"]):
+    natural = ["data.render=false", "data.heldout.atypical.n=0"]  # nothing to re-render
+    for overrides in (natural, ["eval.scale_protocol=embed"]):
         cfg = load_config(overrides=[*SMALL, *scale_only, *overrides])
         dm = build_datamodule(cfg)
         dm.setup()
