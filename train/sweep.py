@@ -44,6 +44,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from eval.study import flatten
 from invlab.config import Config, ConfigError, to_container
 from invlab.files import atomic_write_text
 from train.config import load_config
@@ -116,16 +117,6 @@ def point_state(run_dir: Path) -> str:
     return "done"
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def stored_config(run_dir: Path) -> dict[str, Any] | None:
     """The resolved config a run directory holds (``metrics.json`` or ``config.yaml``)."""
     metrics = run_dir / "metrics.json"
@@ -145,7 +136,7 @@ def stored_config(run_dir: Path) -> dict[str, Any] | None:
 
 def config_differences(stored: dict[str, Any], cfg: Config) -> list[str]:
     """``key: stored -> wanted`` for every result-relevant key in which they differ."""
-    a, b = _flat(stored), _flat(to_container(cfg))
+    a, b = flatten(stored), flatten(to_container(cfg))
     return [
         f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
         for k in sorted(set(a) | set(b))
