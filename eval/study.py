@@ -80,6 +80,7 @@ IGNORED = (
 IGNORED_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 # cosine_local / cosine_global exist when the exhaustive shift grid was evaluated (shift maps).
 METRICS = ("accuracy", *SCALAR_METRICS, "cosine_local", "cosine_global")
+TYPICAL = "typical"
 DATA = "data"  # report rows about a split's images rather than a transform: homogeneity/<window>
 # report rows of the per-layer shift-equivariance profile: <layer>/<cosine_distance | l2>
 EQUIVARIANCE = "equivariance"
@@ -279,7 +280,16 @@ def _equivariance(run: Run) -> dict[str, Any]:
     return run.metrics.get("invariance", {}).get(EQUIVARIANCE) or {}
 
 
-def _value(run: Run, split: str, transform: str, metric: str, gap: bool) -> float | None:
+def _value(
+    run: Run, split: str, transform: str, metric: str, gap: bool | str = False
+) -> float | None:
+    """The run's mean of ``metric``; with ``gap`` its gap to ``typical`` (True) or to the named
+    split (the difference of the two means, as the stored gap to ``typical`` is)."""
+    if isinstance(gap, str) and gap != TYPICAL:
+        if split == gap:
+            return None
+        here, base = _value(run, split, transform, metric), _value(run, gap, transform, metric)
+        return None if here is None or base is None or transform == DATA else here - base
     if transform == EQUIVARIANCE:  # <layer>/<metric>; layer names hold dots, never slashes
         layer, name = metric.rsplit("/", 1)
         block = (_equivariance(run).get("splits") or {}).get(split, {}).get(layer) or {}
@@ -356,10 +366,12 @@ def equivariance_layers(groups: Sequence[Group]) -> list[str]:
     return order
 
 
-def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, Any]]:
+def summarise(
+    groups: Sequence[Group], level: float = 0.95, gap_to: str = TYPICAL
+) -> list[dict[str, Any]]:
     """One row per group, split, transform and metric (conditional metrics as
     ``given_correct/<metric>``): across-seed mean, interval (clipped to the metric's range),
-    seeds, and the gap to typical."""
+    seeds, and the gap to ``gap_to`` (``typical`` unless a study names a reference split)."""
     rows = []
     splits = splits_of([r for g in groups for r in g.runs])
     cases = _cases(groups)
@@ -371,7 +383,7 @@ def summarise(groups: Sequence[Group], level: float = 0.95) -> list[dict[str, An
                     continue
                 stat = t_interval([v for v in values if v is not None], level)
                 lo, hi = _clip(metric, stat["ci"])
-                gaps = [_value(r, split, tr, metric, True) for r in group.runs]
+                gaps = [_value(r, split, tr, metric, gap_to) for r in group.runs]
                 gap = t_interval([g for g in gaps if g is not None], level)
                 rows.append(
                     {
@@ -396,10 +408,14 @@ def _lookup(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[
     return {(r["group"], r["split"], r["transform"], r["metric"]): r for r in rows}
 
 
-def markdown_table(groups: Sequence[Group], rows: list[dict[str, Any]], keys: list[str]) -> str:
-    """Per group and split: seeds, then the headline metrics as ``mean [lo, hi]`` across seeds."""
+def markdown_table(
+    groups: Sequence[Group], rows: list[dict[str, Any]], keys: list[str], gap_to: str = TYPICAL
+) -> str:
+    """Per group and split: seeds, then the headline metrics as ``mean [lo, hi]`` across seeds
+    (gaps to ``gap_to``)."""
     index = _lookup(rows)
-    header = [*keys, "seeds", "split", *(c[0] for c in HEADLINE)]
+    titles = [c[0] if not c[3] or gap_to == TYPICAL else f"{c[0]} (to {gap_to})" for c in HEADLINE]
+    header = [*keys, "seeds", "split", *titles]
     body = []
     for group in groups:
         for split in splits_of(group.runs):
@@ -423,9 +439,11 @@ def markdown_table(groups: Sequence[Group], rows: list[dict[str, Any]], keys: li
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in body)])
 
 
-def text_table(groups: Sequence[Group], rows: list[dict[str, Any]], keys: list[str]) -> str:
+def text_table(
+    groups: Sequence[Group], rows: list[dict[str, Any]], keys: list[str], gap_to: str = TYPICAL
+) -> str:
     """The Markdown table's content as aligned plain text (for the terminal)."""
-    md = markdown_table(groups, rows, keys).splitlines()
+    md = markdown_table(groups, rows, keys, gap_to).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in md]
     return "\n".join(render_rows(cells[0], cells[2:]))
 
@@ -447,7 +465,7 @@ def _numeric(values: list[Any]) -> bool:
 
 
 # --------------------------------------------------------------------------- contrasts
-GAP = "gap"  # a contrast of the gap to typical rather than of the value itself
+GAP = "gap"  # a contrast of the gap to typical (or the report's gap_to) rather than the value
 VALUE = "value"
 # contrasts.csv: what is compared, the two groups' means, B - A with its interval and verdicts,
 # power at the observed spread, and the two groups' labels as report.csv writes them.
@@ -555,7 +573,7 @@ def contrast_pairs(
     return pairs
 
 
-def _per_seed(group: Group, split: str, tr: str, metric: str, gap: bool) -> dict[int, float]:
+def _per_seed(group: Group, split: str, tr: str, metric: str, gap: bool | str) -> dict[int, float]:
     values = {r.seed: _value(r, split, tr, metric, gap) for r in group.runs}
     return {s: v for s, v in values.items() if v is not None and not math.isnan(v)}
 
@@ -569,9 +587,10 @@ def contrast_rows(
     keys: list[str],
     pairs: Sequence[tuple[str, Group, Group]],
     level: float = 0.95,
+    gap_to: str = TYPICAL,
 ) -> list[dict[str, Any]]:
     """One row per pair, split, transform and metric (``of``: the value, or its gap to
-    typical): B - A with its interval (paired by seed where the groups hold the same seeds,
+    ``gap_to``): B - A with its interval (paired by seed where the groups hold the same seeds,
     else Welch), the raw verdict, the Holm-adjusted p-value and verdict over all rows, the
     minimal resolvable difference (the interval's half-width) and the seeds the observed
     difference would need at the observed spread. Undefined numbers are None."""
@@ -582,8 +601,8 @@ def contrast_rows(
         for split in splits_of([*a.runs, *b.runs]):
             for tr, metric in cases:
                 for of in (VALUE, GAP):
-                    va = _per_seed(a, split, tr, metric, of == GAP)
-                    vb = _per_seed(b, split, tr, metric, of == GAP)
+                    va = _per_seed(a, split, tr, metric, of == GAP and gap_to)
+                    vb = _per_seed(b, split, tr, metric, of == GAP and gap_to)
                     if not va or not vb:
                         continue
                     c = contrast(va, vb, level)
@@ -643,7 +662,9 @@ def contrast_summary(rows: list[dict[str, Any]], level: float = 0.95) -> str:
     )
 
 
-def contrasts_markdown(rows: list[dict[str, Any]], keys: list[str], level: float = 0.95) -> str:
+def contrasts_markdown(
+    rows: list[dict[str, Any]], keys: list[str], level: float = 0.95, gap_to: str = TYPICAL
+) -> str:
     """The contrasts as a Markdown table, with the summary line above it."""
     fixed = len(keys) > 1
     header = [
@@ -662,7 +683,8 @@ def contrasts_markdown(rows: list[dict[str, Any]], keys: list[str], level: float
     ]
     body = []
     for r in rows:
-        metric = f"{r['transform']} {r['metric']}" + (" (gap to typical)" if r["of"] == GAP else "")
+        gap = f" (gap to {gap_to})" if r["of"] == GAP else ""
+        metric = f"{r['transform']} {r['metric']}{gap}"
         interval = f"{_num(r['diff'])} [{_num(r['lo'])}, {_num(r['hi'])}]"
         body.append(
             [
@@ -1266,6 +1288,7 @@ def write_report(
     level: float = 0.95,
     contrast_key: str | None = None,
     baseline: str | None = None,
+    gap_to: str = TYPICAL,
 ) -> dict[str, Any]:
     """Read the runs, group them, write ``report.csv``, ``report.md`` and the plots to ``out``.
     Returns ``{"groups", "keys", "rows", "files", "table", "contrasts"}``; ``tradeoff.png``
@@ -1275,7 +1298,12 @@ def write_report(
     equivariance layer by layer. With several groups also ``contrasts.csv`` and
     ``contrasts.md``: the contrasts of every two groups that differ in one key (only
     ``contrast_key`` when given; only against its ``baseline`` value when given), and the
-    plots against a key star the groups resolved (Holm) from the baseline or first value."""
+    plots against a key star the groups resolved (Holm) from the baseline or first value.
+    Gaps are to ``typical``, or to the split ``gap_to`` names (a fixed ``reference``); then,
+    when arms differ in a ``data.placement`` key, ``controls.csv`` and ``controls.md`` hold the
+    factor-in-training control (:mod:`eval.controls`)."""
+    from eval.controls import check_gap_to, control_rows, controls_markdown
+
     runs = load_runs(paths)
     groups, keys = group_runs(runs)
     unknown = [k for k in by if k not in keys]
@@ -1285,13 +1313,16 @@ def write_report(
             f"--by {', '.join(unknown)}: not a key that varies between the runs.{hint}"
         )
     contrast_key, base = check_contrast(groups, keys, contrast_key, baseline)
-    rows = summarise(groups, level)
+    if gap_to != TYPICAL:
+        check_gap_to(splits_of(runs), gap_to)
+    rows = summarise(groups, level, gap_to)
     pairs = contrast_pairs(groups, keys, contrast_key, base) if len(groups) > 1 else []
-    contrasts = contrast_rows(groups, keys, pairs, level)
+    contrasts = contrast_rows(groups, keys, pairs, level, gap_to)
+    controls = control_rows(groups, rows, contrasts, gap_to)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [write_csv(rows, out / "report.csv")]
-    table = markdown_table(groups, rows, keys)
+    table = markdown_table(groups, rows, keys, gap_to)
     (out / "report.md").write_text(
         f"# {len(runs)} runs in {len(groups)} groups (mean [{100 * level:.0f}% t-interval across "
         f"seeds])\n\n{table}\n"
@@ -1299,8 +1330,14 @@ def write_report(
     files.append(out / "report.md")
     if len(groups) > 1:
         files.append(write_csv(contrasts, out / "contrasts.csv", CONTRAST_COLUMNS))
-        (out / "contrasts.md").write_text(contrasts_markdown(contrasts, keys, level))
+        (out / "contrasts.md").write_text(contrasts_markdown(contrasts, keys, level, gap_to))
         files.append(out / "contrasts.md")
+    if controls:
+        from eval.controls import COLUMNS
+
+        files.append(write_csv(controls, out / "controls.csv", COLUMNS))
+        (out / "controls.md").write_text(controls_markdown(controls, gap_to, level))
+        files.append(out / "controls.md")
     if len(groups) > 1:
         files.append(plot_tradeoff(groups, rows, out / "tradeoff.png", level))
     maps = plot_cosine_maps(groups, out / "cosine_maps.png")
@@ -1339,4 +1376,5 @@ def write_report(
         "files": files,
         "table": table,
         "contrasts": contrasts,
+        "controls": controls,
     }

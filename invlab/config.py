@@ -120,7 +120,7 @@ def constraint_of(f: dataclasses.Field) -> Constraint | None:
 # --------------------------------------------------------------------------------------- data
 # Vocabulary of the placement keys.
 POSITIONS = ("gaussian", "uniform", "ring", "center")
-BACKGROUNDS = ("flat", "noise", "texture")
+BACKGROUNDS = ("flat", "noise", "texture", "mixed")
 APPEARANCES = ("colour", "classic")
 
 
@@ -133,8 +133,9 @@ class PlacementConfig:
     max_offset_px] per axis), ``ring`` (distance from the centre uniform in ``radius_px``, angle
     uniform) or ``center`` (no offset).
     scale: the object's size factor is log-uniform in [lo, hi] (1.0 = ``data.object_size``).
-    background: ``flat`` (one random grey level per image), ``noise`` (i.i.d. pixel noise) or
-    ``texture`` (smooth random texture of a fixed cell size in pixels).
+    background: ``flat`` (one random grey level per image), ``noise`` (i.i.d. pixel noise),
+    ``texture`` (smooth random texture of a fixed cell size in pixels) or ``mixed`` (``flat`` or
+    ``noise``, half each: the factor-in-training control of the ``background`` split).
     appearance: ``colour`` (the source's own colours; intensity-only sources get a random stroke
     colour, backgrounds a random level) or ``classic`` (white objects on a black canvas, as in
     MNIST).
@@ -174,6 +175,12 @@ class HeldoutSplitConfig:
     scale: Optional[list[float]] = field(None, gt=0)
     background: Optional[str] = field(None, choices=BACKGROUNDS)
     appearance: Optional[str] = field(None, choices=APPEARANCES)
+
+
+# A held-out split that may equal the training distribution without being ``typical``: the fixed
+# rendering a study's arms share when their training distributions differ (the gap of a factor
+# split is then read against it: ``invlab report --gap-to reference``).
+REFERENCE = "reference"
 
 
 def _default_heldout() -> dict[str, HeldoutSplitConfig]:
@@ -508,9 +515,10 @@ def heldout_splits(data: DataConfig) -> list[str]:
 
 
 def ordered_heldout(data: DataConfig) -> list[str]:
-    """Every held-out split name: ``typical`` first, ``atypical`` last, others in config order."""
-    rank = {"typical": 0, "atypical": 2}
-    return sorted(data.heldout, key=lambda name: rank.get(name, 1))
+    """Every held-out split name: ``typical`` first, then ``reference``, ``atypical`` last,
+    others in config order."""
+    rank = {"typical": 0, REFERENCE: 1, "atypical": 3}
+    return sorted(data.heldout, key=lambda name: rank.get(name, 2))
 
 
 def eval_splits(cfg: Config) -> list[str]:

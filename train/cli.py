@@ -262,13 +262,20 @@ def cmd_report(ns: argparse.Namespace) -> int:
     out = Path(ns.out) if ns.out else Path(ns.dirs[0]) / "report"
     refuse_existing(out / "report.csv", ns.overwrite, "Report")
     result = write_report(
-        ns.dirs, out, by=ns.by or (), contrast_key=ns.contrast, baseline=ns.baseline
+        ns.dirs,
+        out,
+        by=ns.by or (),
+        contrast_key=ns.contrast,
+        baseline=ns.baseline,
+        gap_to=ns.gap_to,
     )
     runs = sum(len(g.runs) for g in result["groups"])
     print(f"{runs} runs in {len(result['groups'])} groups; mean [95% t-interval across seeds]")
-    print(text_table(result["groups"], result["rows"], result["keys"]))
+    print(text_table(result["groups"], result["rows"], result["keys"], ns.gap_to))
     if len(result["groups"]) > 1:
         print(f"\nContrasts: {contrast_summary(result['contrasts'])} (contrasts.md)")
+    if result["controls"]:
+        print(f"Factor-in-training control: {len(result['controls'])} rows (controls.md)")
     print(f"\nWrote {', '.join(str(f) for f in result['files'])}")
     return 0
 
@@ -394,6 +401,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--baseline",
         metavar="VALUE",
         help="compare every value of the contrast key with this one (default: all pairs)",
+    )
+    p.add_argument(
+        "--gap-to",
+        metavar="SPLIT",
+        default="typical",
+        help="the split gaps are measured to (default: typical; `reference` for a study whose "
+        "arms change the training distribution: also writes the factor-in-training control)",
     )
     p.add_argument("--out", help="output folder (default: <first DIR>/report)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report there")

@@ -28,6 +28,7 @@ from omegaconf.errors import (
 
 from invlab.config import (
     FACTORS,
+    REFERENCE,
     Config,
     ConfigError,
     Constraint,
@@ -258,7 +259,9 @@ def _check_placement(p: Any, where: str) -> None:
 
 
 def _check_heldout_factors(d: Any) -> None:
-    """``typical`` changes no factor; every other held-out split changes at least one.
+    """``typical`` changes no factor; every other held-out split changes at least one, except
+    ``reference``: a fixed rendering that the arms of a study share while their training
+    distributions differ, so it equals training in one arm and not in another.
 
     A split without images (n=0) is never rendered: it passes unless its name is a near miss of
     another split's (``typcal.n=0`` meant to empty ``typical``). Configs empty the splits of a
@@ -284,7 +287,7 @@ def _check_heldout_factors(d: Any) -> None:
                     f"data.render=true."
                 )
     for split in d.heldout:
-        if split == "typical" or changed_factors(d, split):
+        if split in ("typical", REFERENCE) or changed_factors(d, split):
             continue
         others = [s for s in d.heldout if s != split] or ["typical"]
         hint = did_you_mean(split, others)

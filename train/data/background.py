@@ -1,5 +1,6 @@
 """Canvas backgrounds: ``flat`` (one grey level, slight tint), ``noise`` (i.i.d. pixel noise
-around a level) and ``texture`` (smooth random colour field).
+around a level), ``texture`` (smooth random colour field) and ``mixed`` (each image ``flat`` or
+``noise`` with probability 1/2: a training distribution that holds both).
 
 The level is drawn relative to the object's mean luminance (at least a quarter of the range
 away, wrapping around), so an object is never invisible on its background while the level itself
@@ -22,7 +23,7 @@ from torch import Tensor
 
 __all__ = ["BACKGROUNDS", "draw_background", "paint_background"]
 
-BACKGROUNDS = ("flat", "noise", "texture")
+BACKGROUNDS = ("flat", "noise", "texture", "mixed")
 NOISE_STD = 0.12
 TEXTURE_STD = 0.15
 TEXTURE_CELLS = 5  # texture cells across the model window (cell = image_size / 5 px)
@@ -41,8 +42,11 @@ def draw_background(
         "tint": torch.as_tensor(rng.normal(0.0, 0.04, (n, 3)), dtype=torch.float32),
     }
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    if kind == "noise":
+    if kind in ("noise", "mixed"):
         params["field"] = NOISE_STD * torch.randn(n, 3, size, size, generator=gen)
+    if kind == "mixed":  # the same level and noise statistics as the pure kinds
+        noisy = torch.rand(n, generator=gen) < 0.5
+        params["field"] = params["field"] * noisy[:, None, None, None]
     elif kind == "texture":
         cells = 2 * math.ceil(size / (2 * cell_px)) + 4  # even, with room for bicubic support
         params["field"] = TEXTURE_STD * torch.randn(n, 3, cells, cells, generator=gen)

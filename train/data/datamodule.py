@@ -82,7 +82,8 @@ def describe_placement(p: PlacementConfig) -> str:
         "center": "center",
     }[p.position]
     look = "" if p.appearance == "colour" else f", {p.appearance}"
-    return f"{where}, scale {p.scale[0]:g}..{p.scale[1]:g}, {p.background} background{look}"
+    bg = "flat or noise" if p.background == "mixed" else p.background
+    return f"{where}, scale {p.scale[0]:g}..{p.scale[1]:g}, {bg} background{look}"
 
 
 def allocate_instances(

@@ -1,0 +1,199 @@
+"""The claim's own control: does a held-out factor's gap close when the factor is trained on?
+
+"Invariance is learned only near the training set" predicts that the gap of a factor split
+(``scale``: smaller objects) to the training distribution shrinks when the training
+distribution is widened to include that factor. A study tests it with two arms per factor that
+differ in one ``data.placement`` key (``scale: [0.9, 1.1]`` vs ``[0.65, 1.1]``), the same
+held-out splits in both, and a fixed ``reference`` split equal to the narrow arm's training
+distribution (in the wide arm ``typical`` follows training, so it cannot be the reference).
+Per factor this is a 2 x 2 (factor in training: no / yes x split: reference / factor), and the
+test is one contrast: **gap with the factor out of training - gap with it in**, paired by seed.
+What remains of the gap with the factor in training is the intrinsic part.
+
+The arms are told apart by the reference split: the *out* arm is the one whose training
+distribution the reference equals. A factor split is a held-out split that changes exactly
+that factor relative to the out arm's training distribution (``invlab.config.changed_factors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eval.contrasts import HIGHER, LOWER
+from eval.study import GAP, TYPICAL, Group
+from invlab.config import FACTORS, REFERENCE, ConfigError, as_config, changed_factors
+
+# (transform, metric) rows of the Markdown table; controls.csv holds every metric.
+HEADLINE = (("translate", "p_change"), ("translate", "accuracy"), ("scale", "p_change"))
+COLUMNS = (
+    "factor",
+    "key",
+    "out",
+    "in",
+    "split",
+    "transform",
+    "metric",
+    "gap_out",
+    "gap_in",
+    "gap_in_lo",
+    "gap_in_hi",
+    "out_minus_in",
+    "lo",
+    "hi",
+    "method",
+    "seeds",
+    "verdict",
+    "verdict_holm",
+)
+
+
+def _flip(verdict: str) -> str:
+    """The verdict of -(B - A) from that of B - A."""
+    return {HIGHER: LOWER, LOWER: HIGHER}.get(verdict, verdict)
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _data(group: Group) -> Any:
+    """The typed ``data`` section of the group's first run."""
+    nested = _unflatten({k: v for k, v in group.runs[0].config.items() if k.startswith("data.")})
+    return as_config(nested).data
+
+
+def factor_of(key: str) -> str | None:
+    """The factor a ``data.placement`` key belongs to (``data.placement.scale`` -> ``scale``)."""
+    if not key.startswith("data.placement."):
+        return None
+    leaf = key.rsplit(".", 1)[1]
+    return next((name for name, keys in FACTORS.items() if leaf in keys), None)
+
+
+def _narrow(group: Group) -> bool:
+    """Whether the group's training distribution is the reference split's."""
+    data = _data(group)
+    return REFERENCE in data.heldout and not changed_factors(data, REFERENCE)
+
+
+def check_gap_to(splits: Sequence[str], gap_to: str) -> None:
+    """``--gap-to`` names a held-out split of the runs (ConfigError naming the choices)."""
+    if gap_to not in splits:
+        from invlab.suggest import did_you_mean
+
+        raise ConfigError(
+            f"--gap-to {gap_to}: no held-out split of that name in these runs."
+            f"{did_you_mean(gap_to, list(splits))} Their splits: {', '.join(splits)}."
+        )
+
+
+def control_rows(
+    groups: Sequence[Group],
+    rows: list[dict[str, Any]],
+    contrasts: list[dict[str, Any]],
+    gap_to: str = REFERENCE,
+) -> list[dict[str, Any]]:
+    """One row per factor arm pair, factor split and metric: the gap (to ``gap_to``) with the
+    factor out of training and in it (with its interval: the intrinsic part), and out - in
+    with its interval and verdicts (``higher``: the gap closes when the factor is trained on),
+    read from the report's gap contrasts, whose Holm family they belong to."""
+    if gap_to == TYPICAL:
+        return []
+    by_label = {g.label: g for g in groups}
+    summary = {(r["group"], r["split"], r["transform"], r["metric"]): r for r in rows}
+    found = []
+    for c in contrasts:
+        factor = factor_of(c["key"])
+        if c["of"] != GAP or factor is None or c["lo"] is None:
+            continue
+        a, b = by_label[c["group_a"]], by_label[c["group_b"]]
+        narrow_a, narrow_b = _narrow(a), _narrow(b)
+        if narrow_a == narrow_b:
+            continue  # neither (or both) arms train on the reference distribution
+        out, inside = (a, b) if narrow_a else (b, a)
+        if changed_factors(_data(out), c["split"]) != [factor]:
+            continue
+        sign = -1.0 if narrow_a else 1.0  # contrasts are B - A; the control is out - in
+        in_row = summary.get((inside.label, c["split"], c["transform"], c["metric"])) or {}
+        lo, hi = sorted((sign * c["lo"], sign * c["hi"]))
+        found.append(
+            {
+                "factor": factor,
+                "key": c["key"],
+                "out": c["a"] if narrow_a else c["b"],
+                "in": c["b"] if narrow_a else c["a"],
+                "split": c["split"],
+                "transform": c["transform"],
+                "metric": c["metric"],
+                "gap_out": c["mean_a"] if narrow_a else c["mean_b"],
+                "gap_in": c["mean_b"] if narrow_a else c["mean_a"],
+                "gap_in_lo": in_row.get("gap_lo"),
+                "gap_in_hi": in_row.get("gap_hi"),
+                "out_minus_in": sign * c["diff"],
+                "lo": lo,
+                "hi": hi,
+                "method": c["method"],
+                "seeds": f"{c['n_a']}/{c['n_b']}",
+                "verdict": _flip(c["verdict"]) if narrow_a else c["verdict"],
+                "verdict_holm": _flip(c["verdict_holm"]) if narrow_a else c["verdict_holm"],
+            }
+        )
+    return found
+
+
+def _fmt(value: float | None, fmt: str = "{:+.3f}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def controls_markdown(found: list[dict[str, Any]], gap_to: str, level: float = 0.95) -> str:
+    """The headline metrics of :func:`control_rows` as a Markdown table with how to read it."""
+    pct = f"{100 * level:.0f}%"
+    header = [
+        "factor",
+        "arms (out -> in)",
+        "split",
+        "metric",
+        f"gap out of training (to {gap_to})",
+        f"gap in training [{pct} CI]",
+        f"out - in [{pct} CI]",
+        "method, seeds",
+        "verdict",
+        "verdict (Holm)",
+    ]
+    body = []
+    for r in found:
+        if (r["transform"], r["metric"]) not in HEADLINE:
+            continue
+        body.append(
+            [
+                r["factor"],
+                f"{r['key']}: {r['out']} -> {r['in']}",
+                r["split"],
+                f"{r['transform']} {r['metric']}",
+                _fmt(r["gap_out"]),
+                f"{_fmt(r['gap_in'])} [{_fmt(r['gap_in_lo'])}, {_fmt(r['gap_in_hi'])}]",
+                f"{_fmt(r['out_minus_in'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]",
+                f"{r['method']}, {r['seeds']}",
+                r["verdict"],
+                r["verdict_holm"],
+            ]
+        )
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    table = "\n".join([*lines, *("| " + " | ".join(c) + " |" for c in body)])
+    notes = (
+        f"Each factor's 2 x 2: its split's gap to `{gap_to}` (the narrow training distribution) "
+        "when the factor is out of training and when it is in. out - in > 0 (`higher`): the gap "
+        "closes when the factor is trained on, as 'invariance is learned only near the "
+        "training set' predicts; the gap that remains in training is the intrinsic part. "
+        "Verdicts from the interval of out - in (paired by seed where the arms share seeds); "
+        "Holm over every contrast of the report (contrasts.md)."
+    )
+    return f"# The factor-in-training control\n\n{notes}\n\n{table}\n"
