@@ -101,7 +101,18 @@ def _choice(key: str, value: str, allowed: tuple[str, ...] | Mapping[str, Any]) 
 
 def make_plan(cfg_eval: Any, image_size: int) -> EvalPlan:
     """The evaluation's protocol, checked: every choice known, trajectory and scales usable."""
-    _choice("typicality.method", str(cfg_eval.typicality.method), typicality.METHODS)
+    method = _choice("typicality.method", str(cfg_eval.typicality.method), typicality.METHODS)
+    reference = cfg_eval.typicality.get("checkpoint")
+    if reference is not None and method != "features":
+        raise ConfigError(
+            f"eval.typicality.checkpoint={reference!r} gives the features of a reference model, "
+            f"but eval.typicality.method={method}: set eval.typicality.method=features, or "
+            f"eval.typicality.checkpoint=null."
+        )
+    if reference is not None:
+        from models.checkpoint import require_file
+
+        require_file(reference)
     for name in cfg_eval.transforms:
         _choice("transforms", name, TRANSFORMS)
     protocol = _choice("protocol", cfg_eval.protocol, PROTOCOLS)
@@ -516,7 +527,6 @@ def _typicality_report(
         )
     scores = pooled["typicality/score"]
     typical, atypical = typicality.quantile_masks(scores, float(tcfg.quantile))
-    idx, edges = typicality.bin_index(scores, int(tcfg.n_bins))
     subsets = {}
     for name, mask in (("typical", typical), ("atypical", atypical)):
         sub = {k: v[mask] for k, v in pooled.items()}
@@ -524,16 +534,6 @@ def _typicality_report(
         block = _summary(sub, plan, cfg_eval, curves=True, groups=sub_groups)
         block["score"] = _ci(sub["typicality/score"], cfg_eval, sub_groups)
         subsets[name] = block
-    curve: dict[str, Any] = {
-        "bin_edges": edges.tolist(),
-        "score": typicality.binned_mean(scores, idx, int(tcfg.n_bins)),
-        "accuracy": typicality.binned_mean(pooled["accuracy"], idx, int(tcfg.n_bins)),
-    }
-    for tr in plan.transforms:
-        curve[tr] = {
-            m: typicality.binned_mean(pooled[f"{tr}/{m}"], idx, int(tcfg.n_bins))
-            for m in SCALAR_METRICS
-        }
     return {
         "method": str(tcfg.method),
         "k": int(tcfg.k),
@@ -544,8 +544,28 @@ def _typicality_report(
         "pooled_splits": list(per_split),
         "score_by_split": {s: _ci(v["typicality/score"], cfg_eval) for s, v in per_split.items()},
         "subsets": subsets,
-        "curve": curve,
+        "curve": _typicality_curve(pooled, plan, int(tcfg.n_bins)),
+        # Bins within each split: pooled bins largely track the split the images come from.
+        "curve_by_split": {
+            s: _typicality_curve(v, plan, int(tcfg.n_bins)) for s, v in per_split.items()
+        },
     }
+
+
+def _typicality_curve(values: dict[str, Tensor], plan: EvalPlan, n_bins: int) -> dict[str, Any]:
+    """Mean score, accuracy and every metric per equal-count typicality bin of these images."""
+    idx, edges = typicality.bin_index(values["typicality/score"], n_bins)
+    curve: dict[str, Any] = {
+        "bin_edges": edges.tolist(),
+        "n": torch.bincount(idx, minlength=n_bins).tolist(),
+        "score": typicality.binned_mean(values["typicality/score"], idx, n_bins),
+        "accuracy": typicality.binned_mean(values["accuracy"], idx, n_bins),
+    }
+    for tr in plan.transforms:
+        curve[tr] = {
+            m: typicality.binned_mean(values[f"{tr}/{m}"], idx, n_bins) for m in SCALAR_METRICS
+        }
+    return curve
 
 
 # ----------------------------------------------------------------------------------- evaluate
@@ -566,6 +586,8 @@ def preflight(cfg_eval: Any, data: Any, image_size: int) -> EvalPlan:
             )
         if "translate" in plan.transforms and plan.protocol in ("crop", "subpixel"):
             translation_source(images[:1], plan.size, plan.max_shift, plan.pad_mode)
+    if cfg_eval.typicality.get("checkpoint") is not None:  # read once now, not after training
+        typicality.reference_model(str(cfg_eval.typicality.checkpoint))
     return plan
 
 
@@ -637,21 +659,23 @@ def _typicality_scorer(
         return None, 0
     ref = train_images if train_images is not None else _get_split(data, "train").images
     n_ref = min(int(tcfg.n_reference), len(ref))
+    own = tcfg.get("checkpoint") is None  # else one reference model's features for every model
+    space = model if own else typicality.reference_model(str(tcfg.checkpoint)).to(device)
     embed = typicality.embedder(
         method,
-        model=model,
+        model=space,
         size=plan.size,
         pixel_size=int(tcfg.pixel_size),
         device=device,
         batch_size=int(cfg_eval.batch_size),
-        hook=hook,
+        hook=hook if own else None,
     )
     # In chunks of the embedder's own batch size: a lazy split is never whole in memory.
     chunks = image_chunks(ref, torch.arange(n_ref), int(cfg_eval.batch_size))
     reference = torch.cat([embed(chunk) for chunk in chunks])
 
     def score(x: Tensor, centre_features: Tensor | None) -> Tensor:
-        q = centre_features if method == "features" else embed(x)
+        q = centre_features if method == "features" and own else embed(x)
         return typicality.knn_distance(q, reference, int(tcfg.k))
 
     return score, n_ref

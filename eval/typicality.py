@@ -4,6 +4,10 @@ The score of an image is the mean distance to its ``k`` nearest training images,
 (images downsampled to ``pixel_size`` and flattened) or ``features`` (a model's penultimate
 features: the input of its last ``nn.Linear``). Distances are computed in chunks with a running
 top-k, so memory stays bounded for tens of thousands of reference images.
+
+The features are the evaluated model's own unless ``eval.typicality.checkpoint`` names one
+reference model (:func:`reference_model`): then the space, and so which images fall in which
+typicality bin, is the same for every model a study compares (as it is for ``pixels``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.views import center_crop, to_float
-from invlab.config import ConfigError
+from invlab.config import ConfigError, as_config
 
 METHODS = ("none", "pixels", "features")
 
@@ -58,6 +62,33 @@ class PenultimateFeatures:
     def pop(self) -> Tensor | None:
         out, self.features = self.features, None
         return out
+
+
+def reference_model(path: str) -> nn.Module:
+    """The model of one of invlab's checkpoints, in eval mode, taking float [0, 1] images: its
+    stored normalisation (kornia's ``Normalize``) then its network, loaded strictly. Raises
+    ``CheckpointError`` for a file that is not such a checkpoint."""
+    import kornia
+    from omegaconf import OmegaConf
+
+    import models
+    from models.checkpoint import CheckpointError, lightning_state, read_config, require_file
+
+    file = require_file(path)
+    stored, loaded = read_config(file), lightning_state(file)
+    if stored is None or loaded is None or loaded[1] is None:
+        raise CheckpointError(
+            f"eval.typicality.checkpoint='{path}' is not a checkpoint of an invlab run (it "
+            f"needs the model config, the normalisation and the class count the run stores). "
+            f"Name a run's checkpoints/last.ckpt, or use eval.typicality.method=pixels."
+        )
+    cfg = as_config(stored)
+    state, num_classes = loaded
+    keep = OmegaConf.merge(cfg.model, {"init_from": None, "pretrained": None})
+    net = models.build(keep, num_classes=int(num_classes))
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()}, strict=True)
+    mean, std = torch.tensor(list(cfg.data.mean)), torch.tensor(list(cfg.data.std))
+    return nn.Sequential(kornia.enhance.Normalize(mean, std), net).eval()
 
 
 def knn_distance(

@@ -325,6 +325,9 @@ class TypicalityConfig:
     quantile: float = field(0.2, gt=0, le=0.5)  # typical = nearest q, atypical = farthest q
     n_bins: int = field(10, ge=1)
     pixel_size: int = field(8, ge=1)  # pixels: images downsampled to this size
+    # features: of this checkpoint of an invlab run (one space, so the same typicality bins, for
+    # every model a study compares); null: each evaluated model's own penultimate features.
+    checkpoint: Optional[str] = None
     n_reference: int = field(50000, ge=1)  # training images used as the reference set (at most)
 
 
