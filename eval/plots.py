@@ -28,8 +28,10 @@ METRIC_LABELS = {
 }
 
 
-def space(method: str) -> str:
+def space(method: str, checkpoint: str | None = None) -> str:
     """A typicality method as the space its distances are measured in."""
+    if method == "features" and checkpoint:
+        return f"feature-space (of {Path(checkpoint).name}, the same for every model)"
     return {"features": "feature-space", "pixels": "pixel-space"}.get(method, method)
 
 
@@ -156,7 +158,8 @@ def _typicality_figure(
     n = sum(int(v) for v in (report.get("protocol", {}).get("n_images") or {}).values())
     suptitle(
         fig,
-        f"By typicality ({len(labels)} equal-count bins of the {space(typ['method'])} distance "
+        f"By typicality ({len(labels)} equal-count bins of the "
+        f"{space(typ['method'], typ.get('checkpoint'))} distance "
         f"to the {typ.get('k')} nearest training images)",
         "mean per bin",
         f"{n} images pooled from {pooled} splits" if n and pooled else "",

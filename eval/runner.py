@@ -540,6 +540,7 @@ def _typicality_report(
         "quantile": float(tcfg.quantile),
         "n_bins": int(tcfg.n_bins),
         "pixel_size": int(tcfg.pixel_size) if tcfg.method == "pixels" else None,
+        "checkpoint": tcfg.get("checkpoint"),
         "n_reference": n_reference,
         "pooled_splits": list(per_split),
         "score_by_split": {s: _ci(v["typicality/score"], cfg_eval) for s, v in per_split.items()},

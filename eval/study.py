@@ -903,62 +903,75 @@ def _finite(values: Sequence[Any]) -> list[float]:
 
 @styled
 def plot_typicality(
-    groups: Sequence[Group], by: str, path: Path, level: float = 0.95
+    groups: Sequence[Group], by: str, path: Path, level: float = 0.95, within: bool = False
 ) -> Path | None:
     """Accuracy and P(top-1 change) against typicality bin (distance to the training set): per
     value of ``by`` (colour) the mean over seeds with its t-interval and each seed's value
-    beside it; None when no run scored typicality."""
+    beside it; bins of the images pooled from every split, or (``within``) one row per split
+    with bins of that split's images. None when no run scored typicality."""
     from matplotlib.lines import Line2D
 
     curves: dict[str, list[dict[str, Any]]] = {}
     scored: list[Group] = []
     for g in groups:
         found = _typicality_curves(g)
+        if within:
+            found = [t for t in found if t.get("curve_by_split")]
         if found:
             curves.setdefault(_tick(g.key.get(by)), []).extend(found)
             scored.append(g)
     if not curves:
         return None
     first = next(iter(curves.values()))[0]
+    rows: list[tuple[str, Any]] = (
+        [
+            (s, lambda t, s=s: (t.get("curve_by_split") or {}).get(s))
+            for s in first["curve_by_split"]
+        ]
+        if within
+        else [("", lambda t: t["curve"])]
+    )
     n_bins = min(len(t["curve"]["accuracy"]) for per in curves.values() for t in per)
     chance = num_classes([r for g in scored for r in g.runs])
     colours = {label: _colour(i, len(curves)) for i, label in enumerate(curves)}
-    fig = new_figure(PAGE_WIDTH, 2.9, dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2)
+    fig = new_figure(PAGE_WIDTH, 0.4 + 2.5 * len(rows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(rows), 2, squeeze=False)
     width = 0.8 / len(curves)
     xs = [float(b) for b in range(n_bins)]
     picks = (
         ("accuracy", lambda c: c["accuracy"]),
         ("P(top-1 change), translate", lambda c: c.get("translate", {}).get("p_change")),
     )
-    for ax, (ylabel, pick) in zip(axes, picks, strict=True):
-        categorical_axis(ax, [str(b) for b in range(1, n_bins + 1)])
-        for k, (label, per_seed) in enumerate(curves.items()):
-            series = [pick(t["curve"]) for t in per_seed]
-            series = [s for s in series if s]
-            if not series:
-                continue
-            dx = (k - (len(curves) - 1) / 2) * width
-            means = []
-            for b, x in enumerate(xs):
-                seeds = _finite([s[b] for s in series])
-                stat = t_interval(seeds, level)
-                means.append(stat["mean"])
-                lo, hi = _clip("rate", stat["ci"]) if stat["n"] > 1 else (math.nan, math.nan)
-                mean_and_seeds(
-                    ax, x + dx, stat["mean"], (lo, hi), seeds, colours[label], width=width
+    for r, (split, curve_of) in enumerate(rows):
+        for ax, (ylabel, pick) in zip(axes[r], picks, strict=True):
+            categorical_axis(ax, [str(b) for b in range(1, n_bins + 1)])
+            for k, (label, per_seed) in enumerate(curves.items()):
+                series = [pick(c) for c in map(curve_of, per_seed) if c]
+                series = [x for x in series if x]
+                if not series:
+                    continue
+                dx = (k - (len(curves) - 1) / 2) * width
+                means = []
+                for b, x in enumerate(xs):
+                    seeds = _finite([x_[b] for x_ in series])
+                    stat = t_interval(seeds, level)
+                    means.append(stat["mean"])
+                    lo, hi = _clip("rate", stat["ci"]) if stat["n"] > 1 else (math.nan, math.nan)
+                    mean_and_seeds(
+                        ax, x + dx, stat["mean"], (lo, hi), seeds, colours[label], width=width
+                    )
+                ax.plot(
+                    [x + dx - 0.15 * width for x in xs],
+                    means,
+                    color=colours[label],
+                    linewidth=0.7,
+                    alpha=0.6,
                 )
-            ax.plot(
-                [x + dx - 0.15 * width for x in xs],
-                means,
-                color=colours[label],
-                linewidth=0.7,
-                alpha=0.6,
-            )
-        if ylabel == "accuracy":
-            chance_line(ax, chance)
-        ax.set_ylabel(ylabel)
-        ax.set_xlabel("typicality bin (1 = nearest the training set)")
+            if ylabel == "accuracy":
+                chance_line(ax, chance)
+            ax.set_ylabel(f"{ylabel}\n{split}" if split else ylabel)
+            if r == len(rows) - 1:
+                ax.set_xlabel("typicality bin (1 = nearest the training set)")
     handles: list[Any] = [
         Line2D([], [], color=colours[c], marker="o", linestyle="", label=c) for c in curves
     ]
@@ -967,12 +980,18 @@ def plot_typicality(
         handles.append(chance_handle(chance))
     legend_outside(fig, handles, title=by)
     pooled = len(first.get("pooled_splits") or [])
+    where = (
+        "bins within each split (row)"
+        if within
+        else (f"images pooled from {pooled} held-out splits" if pooled else "")
+    )
     suptitle(
         fig,
-        f"By typicality ({n_bins} equal-count bins of the {space(str(first.get('method')))} "
+        f"By typicality ({n_bins} equal-count bins of the "
+        f"{space(str(first.get('method')), first.get('checkpoint'))} "
         f"distance to the {first.get('k')} nearest training images)",
         _interval_text(level, scored),
-        f"images pooled from {pooled} held-out splits" if pooled else "",
+        where,
     )
     return save_figure(fig, path)
 
@@ -1364,11 +1383,12 @@ def write_report(
                 level,
             )
         )
-        typ = plot_typicality(
-            groups, key, out / f"typicality_by_{key.replace('.', '_')}.png", level
-        )
-        if typ is not None:
-            files.append(typ)
+        for within, stem in ((False, "typicality"), (True, "typicality_within")):
+            typ = plot_typicality(
+                groups, key, out / f"{stem}_by_{key.replace('.', '_')}.png", level, within
+            )
+            if typ is not None:
+                files.append(typ)
     return {
         "groups": groups,
         "keys": keys,

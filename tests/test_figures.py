@@ -114,7 +114,13 @@ def _run(root: Path, shift: int, seed: int, preset: str = "translate") -> Path:
                 "ci_level": 0.95,
                 "bootstrap_unit": "instance (images showing the same instance together)",
             },
-            "typicality": {"method": "features", "k": 5, "curve": curve, "pooled_splits": ["a"]},
+            "typicality": {
+                "method": "features",
+                "k": 5,
+                "curve": curve,
+                "curve_by_split": {"typical": curve, "far": curve},
+                "pooled_splits": ["a"],
+            },
         },
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -185,6 +191,7 @@ def test_report_figures_say_what_they_show(tmp_path: Path, captured: dict[str, F
     assert {p.name for p in pngs} == {
         "by_augment_max_shift_px.png",
         "typicality_by_augment_max_shift_px.png",
+        "typicality_within_by_augment_max_shift_px.png",
         "tradeoff.png",
         "homogeneity.png",
         "cosine_maps.png",
@@ -226,6 +233,14 @@ def test_report_figures_say_what_they_show(tmp_path: Path, captured: dict[str, F
     assert [t.get_text() for t in acc.get_xticklabels()] == ["1", "2", "3"]
     assert list(_chance(acc)[0].get_ydata()) == [1 / CLASSES, 1 / CLASSES]
     assert "across 3 seeds" in typ._suptitle.get_text()
+    within = captured["typicality_within_by_augment_max_shift_px.png"]
+    assert [ax.get_ylabel() for ax in within.get_axes()[:4]] == [
+        "accuracy\ntypical",
+        "P(top-1 change), translate\ntypical",
+        "accuracy\nfar",
+        "P(top-1 change), translate\nfar",
+    ]
+    assert "bins within each split (row)" in within._suptitle.get_text()
 
     trade = captured["tradeoff.png"]
     for ax in trade.get_axes():  # accuracy on x: chance is a vertical line
