@@ -28,12 +28,22 @@ def _check(cfg: Any) -> None:
         raise ConfigError(f"'augment.magnitude' must be in 1..29, got {cfg.magnitude}.")
     if not 1 <= cfg.num_ops <= 15:
         raise ConfigError(f"'augment.num_ops' must be in 1..15, got {cfg.num_ops}.")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if not cfg[key] > 0:
+            raise ConfigError(f"'augment.{key}' must be > 0, got {cfg[key]}.")
+    if not 0 <= cfg.mix_switch_p <= 1:
+        raise ConfigError(
+            f"'augment.mix_switch_p' must be a probability in [0, 1], got {cfg.mix_switch_p}."
+        )
     if cfg.jitter < 0:
         raise ConfigError(f"'augment.jitter' must be >= 0, got {cfg.jitter}.")
 
 
-def build(cfg_augment: Any) -> Augmenter:
-    """The augmentation module for ``cfg.augment`` (identity when no presets and no ops)."""
+def build(cfg_augment: Any, num_classes: int | None = None) -> Augmenter:
+    """The augmentation module for ``cfg.augment`` (identity when no presets and no ops).
+
+    ``num_classes`` is needed by mixing presets (mixup, cutmix), whose targets are
+    probabilities over the classes."""
     _check(cfg_augment)
     modules, names = [], []
     for preset in cfg_augment.presets:
@@ -46,4 +56,4 @@ def build(cfg_augment: Any) -> Augmenter:
     for spec in cfg_augment.ops:
         modules.append(build_op(spec, same_on_batch=cfg_augment.same_on_batch))
         names.append(str(spec["name"]))
-    return Augmenter(modules, names)
+    return Augmenter(modules, names, num_classes)

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SeededOp
@@ -55,12 +56,22 @@ class Augmenter(nn.Module):
     Classifier reseeds at every epoch from (seed, global rank, epoch): under DDP each rank draws
     different parameters, and a run resumed at an epoch boundary draws the same ones. Augments
     in train and eval mode alike (the caller decides when).
+
+    Ops that mix images of the batch (``mixes_targets``: mixup, cutmix) also mix the targets:
+    :meth:`with_targets` turns labels into probabilities over ``num_classes`` for them and
+    returns the labels untouched when no op mixes. ``forward`` returns the images only.
     """
 
-    def __init__(self, ops: Sequence[nn.Module] = (), names: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        ops: Sequence[nn.Module] = (),
+        names: Sequence[str] = (),
+        num_classes: int | None = None,
+    ) -> None:
         super().__init__()
         self.ops = nn.ModuleList(strip_state(op) for op in ops)
         self.names = list(names)
+        self.num_classes = num_classes
         self._seed_gen = torch.Generator()
         self._device_gens: dict[torch.device, torch.Generator] = {}
         self._rng_device = torch.device("cpu")
@@ -96,9 +107,30 @@ class Augmenter(nn.Module):
             gen = self._device_gens[device] = torch.Generator(device=device)
         return gen.manual_seed(seed)
 
+    @property
+    def mixes(self) -> bool:
+        """Whether an op mixes images of the batch (the targets then become probabilities)."""
+        return any(getattr(op, "mixes_targets", False) for op in self.ops)
+
     def forward(self, x: Tensor) -> Tensor:
+        """The augmented images (mixing ops mix them too; see :meth:`with_targets`)."""
+        return self._run(x, None)[0]
+
+    def with_targets(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Augmented images and their targets: ``labels`` as they are when no op mixes images,
+        else probabilities [B, num_classes] (one-hot rows, mixed like the images)."""
+        if not self.mixes:
+            return self(x), labels
+        if self.num_classes is None:
+            raise ValueError("Mixing presets need augment.build(cfg, num_classes=...).")
+        targets = F.one_hot(labels.long(), self.num_classes).to(x.dtype)
+        out, mixed = self._run(x, targets)
+        assert mixed is not None
+        return out, mixed
+
+    def _run(self, x: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if not self.ops:
-            return x
+            return x, targets
         if self._rng_device != x.device:  # kornia samples on the device its module was moved to
             self.to(x.device)
             self._rng_device = x.device
@@ -106,8 +138,13 @@ class Augmenter(nn.Module):
         gen = self._device_gen(x.device, seed)
         with _seeded_global_rng(x.device, seed):
             for op in self.ops:
-                x = op(x, generator=gen) if isinstance(op, SeededOp) else op(x)
-        return x
+                if getattr(op, "mixes_targets", False):
+                    x, targets = op.mix(x, targets, op.sample(x.shape, x.device, gen))
+                elif isinstance(op, SeededOp):
+                    x = op(x, generator=gen)
+                else:
+                    x = op(x)
+        return x, targets
 
     def extra_repr(self) -> str:
         return f"presets/ops: {' + '.join(self.names) or 'none'}"

@@ -9,6 +9,7 @@ import kornia.augmentation as K
 from torch import nn
 
 from .colour import RandomColourJiggle
+from .mix import RandomMix
 from .policy import rand_augment, trivial_augment
 from .registry import register_preset
 from .shift import RandomIntegerShift
@@ -132,6 +133,12 @@ def heavy(cfg: Any) -> list[nn.Module]:
     ]
 
 
+@register_preset("erasing")
+def erasing(cfg: Any) -> list[nn.Module]:
+    """Random erasing (a rectangle of noise) with probability ``erasing_p`` per image."""
+    return [K.RandomErasing(p=cfg.erasing_p, same_on_batch=cfg.same_on_batch)]
+
+
 @register_preset("randaugment")
 def randaugment(cfg: Any) -> list[nn.Module]:
     """RandAugment: ``num_ops`` operations per image at strength ``magnitude`` (0..30)."""
@@ -142,3 +149,31 @@ def randaugment(cfg: Any) -> list[nn.Module]:
 def trivialaugment(cfg: Any) -> list[nn.Module]:
     """TrivialAugment: one operation per image, strength uniform per image (no knob)."""
     return [trivial_augment(cfg.same_on_batch)]
+
+
+# Mixing presets: our own op rather than kornia's RandomMixUpV2 (uniform lambda, no Beta alpha)
+# or timm's Mixup (numpy's global RNG, one lambda per batch): per-image Beta(alpha, alpha) draws
+# from the Augmenter's generator, replayable through RandomMix.sample / RandomMix.mix.
+@register_preset("mixup")
+def mixup(cfg: Any) -> list[nn.Module]:
+    """Mixup: each image blended with a partner, weight ~ Beta(``mixup_alpha``, same)."""
+    return [RandomMix(mixup_alpha=cfg.mixup_alpha, same_on_batch=cfg.same_on_batch)]
+
+
+@register_preset("cutmix")
+def cutmix(cfg: Any) -> list[nn.Module]:
+    """CutMix: a box of a partner pasted in, area ~ 1 - Beta(``cutmix_alpha``, same)."""
+    return [RandomMix(cutmix_alpha=cfg.cutmix_alpha, same_on_batch=cfg.same_on_batch)]
+
+
+@register_preset("mixup_cutmix")
+def mixup_cutmix(cfg: Any) -> list[nn.Module]:
+    """CutMix with probability ``mix_switch_p`` per image, else Mixup (timm's recipe)."""
+    return [
+        RandomMix(
+            mixup_alpha=cfg.mixup_alpha,
+            cutmix_alpha=cfg.cutmix_alpha,
+            switch_p=cfg.mix_switch_p,
+            same_on_batch=cfg.same_on_batch,
+        )
+    ]

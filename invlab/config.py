@@ -288,10 +288,15 @@ class AugmentConfig:
     # crop, heavy: the fraction of the area a crop covers
     crop_scale: list[float] = field(default_factory=lambda: [0.35, 1.0], gt=0, le=1)
     jitter: float = field(0.2, ge=0)  # heavy: colour jiggle strength
-    erasing_p: float = field(0.25, ge=0, le=1)  # heavy
+    erasing_p: float = field(0.25, ge=0, le=1)  # heavy, erasing
     flip_p: float = field(0.5, ge=0, le=1)  # flip
     magnitude: int = field(9, ge=1, le=29)  # randaugment (trivialaugment draws it per image)
     num_ops: int = field(2, ge=1, le=15)  # randaugment
+    # mixup, mixup_cutmix: an image keeps a weight ~ Beta(a, a) of itself (timm's recipes: 0.8)
+    mixup_alpha: float = field(0.8, gt=0)
+    # cutmix, mixup_cutmix: the area pasted from a partner is 1 - Beta(a, a) (timm's recipes: 1.0)
+    cutmix_alpha: float = field(1.0, gt=0)
+    mix_switch_p: float = field(0.5, ge=0, le=1)  # mixup_cutmix: P(cutmix) per image, else mixup
     same_on_batch: bool = False
     ops: list[dict[str, Any]] = field(default_factory=list)  # [{name: RandomAffine, ...}]
 

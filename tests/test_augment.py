@@ -20,6 +20,14 @@ from train.config import load_config
 
 RANDOM_PRESETS = [p for p in augment.list_presets() if p != "none"]
 ALL_PRESETS = ["none", *RANDOM_PRESETS]
+# Presets that transform each image on its own (mixup and cutmix mix a batch of identical images
+# into itself; tests/test_recipes.py tests them).
+MIXING = {
+    p
+    for p in RANDOM_PRESETS
+    if augment.build(load_config(overrides=[f"augment.presets=[{p}]"]).augment).mixes
+}
+PER_IMAGE = [p for p in RANDOM_PRESETS if p not in MIXING]
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
@@ -50,7 +58,7 @@ def find_shift(out: torch.Tensor, padded: torch.Tensor, m: int) -> list[tuple[in
 
 
 # ----------------------------------------------------------------------------- per sample
-@pytest.mark.parametrize("name", RANDOM_PRESETS)
+@pytest.mark.parametrize("name", PER_IMAGE)
 def test_parameters_are_drawn_per_sample(name):
     x = identical_batch()
     y = preset(name)(x)
@@ -58,10 +66,10 @@ def test_parameters_are_drawn_per_sample(name):
     assert not all(torch.equal(y[0], y[i]) for i in range(1, len(y)))
 
 
-@pytest.mark.parametrize("name", RANDOM_PRESETS)
+@pytest.mark.parametrize("name", PER_IMAGE)
 def test_same_on_batch_applies_one_transform(name):
     x = identical_batch()
-    y = preset(name, "augment.same_on_batch=true", "augment.flip_p=1.0")(x)
+    y = preset(name, "augment.same_on_batch=true", "augment.flip_p=1.0", "augment.erasing_p=1.0")(x)
     for i in range(1, len(y)):
         torch.testing.assert_close(y[i], y[0], rtol=0, atol=1e-6)
     assert not torch.equal(y[0], x[0])  # ...and it is a transform (flip_p=1 for "flip")

@@ -88,7 +88,7 @@ class Classifier(L.LightningModule):
         for norm in self._frozen_norms:  # Lightning keeps each submodule's mode as it finds it
             norm.eval()
         self._lr_groups = lr_multipliers(self.net, dict(cfg.optim.lr_mult))
-        self.augment = augment.build(cfg.augment)
+        self.augment = augment.build(cfg.augment, num_classes=num_classes)
         self.eval_split_names: list[str] = []
         if cfg.model.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -139,6 +139,8 @@ class Classifier(L.LightningModule):
         images, labels = batch
         x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         if self.trainer is not None and self.trainer.training:
+            if self.augment.mixes:  # mixup/cutmix: the targets become probabilities
+                return self.augment.with_targets(x, labels)
             x = self.augment(x)
         return x, labels
 
@@ -150,9 +152,15 @@ class Classifier(L.LightningModule):
 
     # ---------------------------------------------------------------------------- steps
     def _loss_acc(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Cross-entropy and accuracy. Targets are class indices, or probabilities [B, K] from
+        a mixing preset: then soft-target cross-entropy, with label smoothing applied to the
+        mixed targets (``(1 - eps) * targets + eps / K``, as timm's ``mixup_target``) and the
+        accuracy of the class with the largest weight."""
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.optim.label_smoothing)
+        if y.is_floating_point():
+            y = y.argmax(dim=1)
         acc = (logits.argmax(dim=1) == y).float().mean()
         return loss, acc
 
