@@ -304,12 +304,14 @@ class AugmentConfig:
 # -------------------------------------------------------------------------------------- optim
 @dataclass
 class OptimConfig:
-    optimizer: str = field("sgd", choices=("sgd", "adamw"))
+    # A timm optimizer name (timm.optim.create_optimizer_v2: sgd, momentum, adamw, lamb, lars, ...),
+    # checked by train.config against the names timm offers.
+    optimizer: str = "sgd"
     lr: float = field(0.05, gt=0, finite=True)
-    momentum: float = field(0.9, ge=0, lt=1)  # sgd
-    nesterov: bool = True
-    weight_decay: float = field(5e-4, ge=0)
-    label_smoothing: float = field(0.0, ge=0, le=1)
+    momentum: float = field(0.9, ge=0, lt=1)  # optimizers with momentum (sgd, lars, ...)
+    nesterov: bool = True  # sgd only (timm's `momentum` is sgd without Nesterov)
+    weight_decay: float = field(5e-4, ge=0)  # not on biases and norm parameters (timm's rule)
+    label_smoothing: float = field(0.0, ge=0, le=1)  # also of mixed (mixup/cutmix) targets
     schedule: str = field("cosine", choices=("cosine", "step", "onecycle", "constant"))
     warmup_epochs: float = field(0.0, ge=0)
     # step: fractions of the training steps

@@ -31,7 +31,7 @@ def test_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     "argv",
     [
         ["config", "missing.yaml"],
-        ["fit", "optim.optimizer=adam"],
+        ["fit", "optim.optimizer=adamm"],
         ["eval", "no/such.ckpt"],
         ["models", "resnet9000"],
     ],

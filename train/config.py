@@ -375,7 +375,7 @@ def _check_cross_keys(cfg: DictConfig) -> None:
             "Set data.render=false to take the images as they are, or data.stream=auto."
         )
     o = cfg.optim
-    if o.optimizer == "sgd" and o.nesterov and o.momentum == 0:
+    if o.optimizer.removeprefix("lookahead_") == "sgd" and o.nesterov and o.momentum == 0:
         raise ConfigError(
             "optim.nesterov=true needs momentum, but optim.momentum=0: set optim.momentum "
             "(e.g. 0.9) or optim.nesterov=false."
@@ -561,6 +561,9 @@ def _check_registered(cfg: DictConfig) -> None:
     DOWNSAMPLERS.get(cfg.model.downsample, "model.downsample")
     if cfg.model.antialias.method != "none":
         ANTIALIAS_METHODS.get(cfg.model.antialias.method, "model.antialias.method")
+    from train.module import check_optimizer
+
+    check_optimizer(cfg.optim.optimizer)  # timm's names
 
 
 def validate(cfg: DictConfig) -> DictConfig:

@@ -19,8 +19,93 @@ from torch import Tensor, nn
 import augment
 import models
 from invlab.config import Config, ConfigError, as_config, to_container
+from invlab.suggest import close_matches
 from train.finetune import freeze, lr_multipliers
 from train.plugins import import_plugins
+
+# timm optimizers that a plain training step on any machine cannot run, and why.
+_NOT_OFFERED = {"adahessian": "needs second-order gradients (backward with create_graph=True)"}
+_NOT_OFFERED_PREFIXES = {
+    "bnb": "needs the bitsandbytes package and a CUDA device",
+    "fused": "needs NVIDIA apex and a CUDA device",
+}
+LOOKAHEAD = "lookahead_"  # timm's prefix: wraps any offered optimizer in Lookahead
+
+
+def _not_offered(name: str) -> str | None:
+    """Why ``optim.optimizer`` refuses one of timm's names (None: it is offered)."""
+    if name in _NOT_OFFERED:
+        return _NOT_OFFERED[name]
+    return next((why for pre, why in _NOT_OFFERED_PREFIXES.items() if name.startswith(pre)), None)
+
+
+def optimizer_names() -> list[str]:
+    """The optimizer names ``optim.optimizer`` accepts: timm's (``timm.optim.list_optimizers``)
+    less those that need second-order gradients or optional CUDA packages; each may also be
+    written ``lookahead_<name>``."""
+    from timm.optim import list_optimizers
+
+    return [n for n in list_optimizers() if _not_offered(n) is None]
+
+
+def check_optimizer(name: str) -> None:
+    """``ConfigError`` naming close matches unless ``name`` is an offered timm optimizer."""
+    names = optimizer_names()
+    base = name.removeprefix(LOOKAHEAD)
+    if base in names:
+        return
+    if _not_offered(base) is not None:
+        raise ConfigError(
+            f"optim.optimizer={name!r} is one of timm's optimizers but {_not_offered(base)}: "
+            f"choose another (e.g. sgd, adamw, lamb, lars)."
+        )
+    close = close_matches(base.lower(), names, n=3)
+    others = f" (or {', '.join(repr(c) for c in close[1:])})" if len(close) > 1 else ""
+    hint = f" Did you mean {close[0]!r}{others}?" if close else ""
+    raise ConfigError(
+        f"Unknown optimizer {name!r} for 'optim.optimizer'.{hint} Choose one of timm's "
+        f"(lower case, optionally prefixed '{LOOKAHEAD}'): {', '.join(names)}."
+    )
+
+
+def param_groups(
+    net: nn.Module, cfg_optim: Any, lr_mults: dict[str, float]
+) -> list[dict[str, Any]]:
+    """timm's weight-decay groups (no decay on biases, norm parameters and the model's
+    ``no_weight_decay()`` names; frozen parameters left out), each split by learning-rate
+    multiplier (``optim.lr_mult``): every group carries its ``lr`` and ``lr_mult``."""
+    from timm.optim import param_groups_weight_decay
+
+    skip = getattr(net, "no_weight_decay", set)()
+    names = {id(p): n for n, p in net.named_parameters()}
+    groups = []
+    for base in param_groups_weight_decay(net, cfg_optim.weight_decay, no_weight_decay_list=skip):
+        by_mult: dict[float, list[nn.Parameter]] = {}
+        for p in base["params"]:
+            by_mult.setdefault(lr_mults.get(names[id(p)], 1.0), []).append(p)
+        for mult, params in sorted(by_mult.items()):
+            groups.append({**base, "params": params, "lr": cfg_optim.lr * mult, "lr_mult": mult})
+    return groups
+
+
+def build_optimizer(
+    net: nn.Module, cfg_optim: Any, lr_mults: dict[str, float]
+) -> torch.optim.Optimizer:
+    """``timm.optim.create_optimizer_v2`` on :func:`param_groups`: ``optim.optimizer`` with
+    ``optim.lr``, ``optim.weight_decay``, ``optim.momentum`` (optimizers with momentum) and
+    ``optim.nesterov`` (``sgd``: torch's SGD, as before)."""
+    from timm.optim import create_optimizer_v2
+
+    o = cfg_optim
+    extra = {"nesterov": o.nesterov} if o.optimizer.removeprefix(LOOKAHEAD) == "sgd" else {}
+    return create_optimizer_v2(
+        param_groups(net, o, lr_mults),
+        opt=o.optimizer,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        **extra,
+    )
 
 
 class Normalize(nn.Module):
@@ -187,24 +272,8 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
-        groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
-        for name, p in self.net.named_parameters():
-            if p.requires_grad:
-                # Biases and norm scales are not weight-decayed (standard for CNN training).
-                groups.setdefault((self._lr_groups.get(name, 1.0), p.ndim <= 1), []).append(p)
-        param_groups = [
-            {
-                "params": params,
-                "weight_decay": 0.0 if no_decay else o.weight_decay,
-                "lr": o.lr * mult,
-                "lr_mult": mult,
-            }
-            for (mult, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0])
-        ]
-        if o.optimizer == "sgd":
-            opt = torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-        else:
-            opt = torch.optim.AdamW(param_groups, lr=o.lr)
+        opt = build_optimizer(self.net, o, self._lr_groups)
+        param_groups = opt.param_groups
         total = int(self.trainer.estimated_stepping_batches)
         # Known once estimated_stepping_batches has loaded the train dataloader.
         batches = self.trainer.num_training_batches
@@ -216,8 +285,14 @@ class Classifier(L.LightningModule):
             warm = o.warmup_epochs * steps_per_epoch if o.warmup_epochs > 0 else 0.3 * total
             # OneCycleLR needs at least one step in each phase.
             pct_start = min(max(warm, 2.0), total - 2.0) / total
+            # Momentum is cycled too, where the optimizer has one (not adagrad, adafactor, ...).
+            cycle = "momentum" in opt.defaults or "betas" in opt.defaults
             sched: Any = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=[g["lr"] for g in param_groups], total_steps=total, pct_start=pct_start
+                opt,
+                max_lr=[g["lr"] for g in param_groups],
+                total_steps=total,
+                pct_start=pct_start,
+                cycle_momentum=cycle,
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(o, total, steps_per_epoch))
