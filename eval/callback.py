@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,12 @@ class InvarianceMonitor(L.Callback):
     With ``eval.equivariance.enabled`` the final report also holds the per-layer shift-equivariance
     profile (``eval.equivariance``) under ``equivariance``, logged as
     ``equivariance/<split>/<layer>/<metric>``.
+
+    ``other_weights`` maps a name to a context manager factory that swaps other weights into the
+    module (``{"raw": ema.raw_weights}`` beside EMA weights): at the end of training each is
+    evaluated the same way after the module's own weights, its report marked ``"weights":
+    name``, written as ``invariance_<name>_epoch<E>.json`` (plots ``invariance_<name>_*``),
+    logged under ``<name>/invariance/...`` and kept in :meth:`other_report`.
     """
 
     def __init__(
@@ -39,6 +47,8 @@ class InvarianceMonitor(L.Callback):
         out_dir: str | Path,
         checkpoint: str | Path | None = None,
         context: dict[str, Any] | None = None,
+        other_weights: Mapping[str, Callable[[L.LightningModule], AbstractContextManager[Any]]]
+        | None = None,
     ) -> None:
         super().__init__()
         self.context = dict(context or {})  # copied into every report (e.g. training set-up)
@@ -46,7 +56,9 @@ class InvarianceMonitor(L.Callback):
         self.image_size = int(image_size)
         self.out_dir = Path(out_dir)
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.other_weights = dict(other_weights or {})
         self._report: dict[str, Any] | None = None
+        self._other_reports: dict[str, dict[str, Any]] = {}
         self._last_step: int | None = None
         self._created = time.time()
 
@@ -65,11 +77,29 @@ class InvarianceMonitor(L.Callback):
                 return json.loads(max(written).read_text())
         return self._report
 
+    def other_report(self, name: str) -> dict[str, Any] | None:
+        """The final report of ``other_weights[name]`` (None before the end of training; read
+        back from rank 0's file like :attr:`final_report` after ``ddp_spawn``)."""
+        if name not in self._other_reports:
+            written = [
+                p
+                for p in self.report_dir.glob(f"invariance_{name}_epoch*.json")
+                if p.stat().st_mtime >= self._created
+            ]
+            return json.loads(max(written).read_text()) if written else None
+        return self._other_reports[name]
+
     @property
     def report_dir(self) -> Path:
         return self.out_dir / "reports"
 
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    @staticmethod
+    def _stem(name: str | None) -> str:
+        return "invariance" if name is None else f"invariance_{name}"
+
+    def _run(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, name: str | None = None
+    ) -> dict[str, Any]:
         datamodule = trainer.datamodule
         if datamodule is None:
             raise RuntimeError("InvarianceMonitor needs the Trainer to be given a datamodule.")
@@ -84,6 +114,8 @@ class InvarianceMonitor(L.Callback):
         )
         epoch = trainer.current_epoch
         report.update(self.context)
+        if name is not None:
+            report["weights"] = name
         report["epoch"] = epoch
         report["global_step"] = trainer.global_step
         report["provenance"] = collect_provenance(
@@ -93,10 +125,13 @@ class InvarianceMonitor(L.Callback):
             epoch=epoch,
             relative_to=self.out_dir,
         )
-        self._last_step = trainer.global_step
-        self._report = report
+        if name is None:
+            self._last_step = trainer.global_step
+            self._report = report
+        else:
+            self._other_reports[name] = report
         if trainer.is_global_zero:
-            write_json(report, self.report_dir / f"invariance_epoch{epoch:03d}.json")
+            write_json(report, self.report_dir / f"{self._stem(name)}_epoch{epoch:03d}.json")
         return report
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -113,29 +148,51 @@ class InvarianceMonitor(L.Callback):
             report = self._report  # these weights were evaluated at the last validation
         else:
             report = self._run(trainer, pl_module)
+        self._finish(trainer, pl_module, report)
+        for name, swap in self.other_weights.items():  # every rank: the evaluation gathers
+            with swap(pl_module):
+                self._finish(trainer, pl_module, self._run(trainer, pl_module, name), name)
+
+    def _finish(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        report: dict[str, Any],
+        name: str | None = None,
+    ) -> None:
+        """Rank 0: the equivariance profile, logged scalars and curves, plots of a final report."""
         if not trainer.is_global_zero:
             return
         if _equivariance_on(self.cfg) and "equivariance" not in report:
-            self._add_equivariance(trainer, pl_module, report)
+            self._add_equivariance(trainer, pl_module, report, name)
         values = scalars(report)
         values.update(equivariance.scalars(report.get("equivariance") or {}))
+        prefix = "" if name is None else f"{name}/"
+        values = {f"{prefix}{k}": v for k, v in values.items()}
         for logger in trainer.loggers:
             logger.log_metrics(values, step=trainer.global_step)
             if isinstance(logger, WandbLogger):
-                _log_wandb_curves(logger, report)
+                _log_wandb_curves(logger, report, prefix)
             logger.save()
         if self.cfg.plots:
             from eval.plots import save_plots
 
             written = save_plots(
-                report, self.report_dir, num_classes=getattr(pl_module, "num_classes", None)
+                report,
+                self.report_dir,
+                prefix=self._stem(name),
+                num_classes=getattr(pl_module, "num_classes", None),
             )
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
-                    _log_wandb_figures(logger, written)
+                    _log_wandb_figures(logger, written, prefix)
 
     def _add_equivariance(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, report: dict[str, Any]
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        report: dict[str, Any],
+        name: str | None = None,
     ) -> None:
         """The per-layer shift-equivariance profile of the final model on the report's splits
         (rank 0 only: no collective runs), added under ``equivariance`` and written again."""
@@ -146,7 +203,8 @@ class InvarianceMonitor(L.Callback):
             self.cfg,
             self.image_size,
         )
-        write_json(report, self.report_dir / f"invariance_epoch{int(report['epoch']):03d}.json")
+        epoch = int(report["epoch"])
+        write_json(report, self.report_dir / f"{self._stem(name)}_epoch{epoch:03d}.json")
 
 
 def _equivariance_on(cfg_eval: Any) -> bool:
@@ -154,17 +212,18 @@ def _equivariance_on(cfg_eval: Any) -> bool:
     return bool(eq is not None and eq.enabled)
 
 
-def _log_wandb_figures(logger: WandbLogger, paths: list[Path]) -> None:
+def _log_wandb_figures(logger: WandbLogger, paths: list[Path], prefix: str = "") -> None:
     """The equivariance profile figure as a W&B image (the other figures travel as tables)."""
     import wandb
 
     found = [p for p in paths if p.stem.endswith("_equivariance")]
     if found:
-        logger.experiment.log({"equivariance/profile": wandb.Image(str(found[0]))})
+        logger.experiment.log({f"{prefix}equivariance/profile": wandb.Image(str(found[0]))})
 
 
-def _log_wandb_curves(logger: WandbLogger, report: dict[str, Any]) -> None:
-    """Curves along the trajectories and against typicality as W&B tables and line plots."""
+def _log_wandb_curves(logger: WandbLogger, report: dict[str, Any], prefix: str = "") -> None:
+    """Curves along the trajectories and against typicality as W&B tables and line plots
+    (keys under ``prefix``: ``raw/`` for the raw weights beside EMA weights)."""
     import wandb
 
     payload: dict[str, Any] = {}
@@ -177,8 +236,8 @@ def _log_wandb_curves(logger: WandbLogger, report: dict[str, Any]) -> None:
             cos = curve.get("feature_cosine_by_view") or [None] * len(xs)
             rows = [[x, a, c] for x, a, c in zip(xs, curve["accuracy_by_view"], cos, strict=True)]
             table = wandb.Table(columns=["view", "accuracy", "feature_cosine"], data=rows)
-            payload[f"invariance/{split}/{tr}/curve"] = table
-            payload[f"invariance/{split}/{tr}/accuracy_by_view"] = wandb.plot.line(
+            payload[f"{prefix}invariance/{split}/{tr}/curve"] = table
+            payload[f"{prefix}invariance/{split}/{tr}/accuracy_by_view"] = wandb.plot.line(
                 table, "view", "accuracy", title=f"{split} {tr}: accuracy along the trajectory"
             )
     typ = report.get("typicality")
@@ -191,5 +250,5 @@ def _log_wandb_curves(logger: WandbLogger, report: dict[str, Any]) -> None:
             row = [i + 1, curve["score"][i], curve["accuracy"][i]]
             row += [curve[tr][m][i] for tr in TRANSFORMS if tr in curve for m in SCALAR_METRICS]
             rows.append(row)
-        payload["invariance/typicality/curve"] = wandb.Table(columns=columns, data=rows)
+        payload[f"{prefix}invariance/typicality/curve"] = wandb.Table(columns=columns, data=rows)
     logger.experiment.log(payload)

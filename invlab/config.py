@@ -303,6 +303,15 @@ class AugmentConfig:
 
 # -------------------------------------------------------------------------------------- optim
 @dataclass
+class EMAConfig:
+    """An exponential moving average of the weights (Lightning's ``EMAWeightAveraging``),
+    updated after every optimizer step: ``ema = decay * ema + (1 - decay) * weights``."""
+
+    enabled: bool = False
+    decay: float = field(0.999, gt=0, lt=1)
+
+
+@dataclass
 class OptimConfig:
     # A timm optimizer name (timm.optim.create_optimizer_v2: sgd, momentum, adamw, lamb, lars, ...),
     # checked by train.config against the names timm offers.
@@ -322,6 +331,7 @@ class OptimConfig:
     lr_mult: dict[str, float] = field(
         default_factory=dict, ge=0, why="0 freezes in effect; a negative multiplier climbs the loss"
     )
+    ema: EMAConfig = field(default_factory=EMAConfig)
 
 
 # --------------------------------------------------------------------------------------- eval

@@ -32,6 +32,7 @@ from invlab.config import Config, ConfigError, save_config, to_container
 from invlab.provenance import checkpoint_position, collect_provenance, relative_path
 from train.data import build_datamodule
 from train.divergence import StopOnNonFiniteLoss
+from train.ema import EMAWeights
 from train.loggers import build_loggers, close_loggers
 from train.module import Classifier
 from train.rundir import DirLock, inside, run_directory
@@ -355,6 +356,9 @@ def _fit_in(
         if trainer.is_global_zero:
             _save_samples(model, dm, run_dir, loggers)
         splits, accuracies = _train_and_test(trainer, model, dm, ckpt_path, resume)
+        if run.ema is not None:  # the same splits once more, with the raw weights
+            with run.ema.raw_weights(model):
+                accuracies.update(_test(trainer, model, dm, splits, prefix=RAW_PREFIX))
         metrics = _metrics(cfg, dm, trainer, run, splits, accuracies)
         if trainer.is_global_zero:
             write_json(metrics, run_dir / "metrics.json")
@@ -419,6 +423,7 @@ class _RunCallbacks:
     last: Path
     monitor: Any
     all: list[Any]
+    ema: EMAWeights | None = None
 
     @property
     def best(self) -> Path | None:
@@ -442,28 +447,37 @@ class _RunCallbacks:
             mode="max",
             save_top_k=1,
         )
-        # Order matters: last.ckpt is written after the best callback updated its state.
+        # Order matters: last.ckpt is written after the best callback updated its state, and
+        # the EMA callback puts the average in place before the monitor's final evaluation.
         callbacks: list[Any] = [
             StopOnNonFiniteLoss(ckpt_dir / "last.ckpt"),
             checkpoint,
             LastCheckpoint(ckpt_dir),
-            *extra,
         ]
+        ema = None
+        if cfg.optim.ema.enabled:
+            ema = EMAWeights(cfg.optim.ema.decay, checkpoint=ckpt_dir / "last.ckpt")
+            callbacks.append(ema)
+        callbacks += extra
         monitor = None
         if cfg.eval.enabled:
             from eval.callback import InvarianceMonitor
 
+            context = {"data": dm.split_info(), "augment": _augment_summary(cfg)}
+            if ema is not None:
+                context["weights"] = "ema"  # the raw weights' report says "raw"
             monitor = InvarianceMonitor(
                 cfg.eval,
                 image_size=cfg.data.image_size,
                 out_dir=run_dir,
                 checkpoint=ckpt_dir / "last.ckpt",
-                context={"data": dm.split_info(), "augment": _augment_summary(cfg)},
+                context=context,
+                other_weights=None if ema is None else {"raw": ema.raw_weights},
             )
             callbacks.append(monitor)
         if with_lr:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
-        return cls(checkpoint, ckpt_dir / "last.ckpt", monitor, callbacks)
+        return cls(checkpoint, ckpt_dir / "last.ckpt", monitor, callbacks, ema)
 
 
 def _save_samples(model: Classifier, dm: Any, run_dir: Path, loggers: list[Any]) -> None:
@@ -489,15 +503,33 @@ def _train_and_test(
             warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
-        splits = [s for s in ("val", *dm.heldout_names) if len(dm.split(s).labels) > 0]
-        model.eval_split_names = splits
-        results = trainer.test(
-            model, dataloaders=[dm.eval_dataloader(s) for s in splits], verbose=False
-        )
+    splits = [s for s in ("val", *dm.heldout_names) if len(dm.split(s).labels) > 0]
+    return splits, _test(trainer, model, dm, splits)
+
+
+RAW_PREFIX = "raw/"  # optim.ema: the raw weights' test metrics are logged as raw/<split>/...
+
+
+def _test(
+    trainer: L.Trainer, model: Classifier, dm: Any, splits: list[str], prefix: str = ""
+) -> dict[str, float]:
+    """Accuracy (and loss) of the model's current weights on ``splits``, logged and returned
+    as ``<prefix><split>/accuracy``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*overridden `on_after_batch_transfer`.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        model.eval_split_names, model.eval_prefix = splits, prefix
+        try:
+            results = trainer.test(
+                model, dataloaders=[dm.eval_dataloader(s) for s in splits], verbose=False
+            )
+        finally:
+            model.eval_prefix = ""
     merged: dict[str, float] = {}
     for r in results:
         merged.update(r)
-    return splits, merged
+    return merged
 
 
 def _metrics(
@@ -528,6 +560,8 @@ def _metrics(
         metrics["best_checkpoint"]["score"] = None if score is None else float(score)
     if run.monitor is not None and run.monitor.final_report is not None:
         metrics["invariance"] = run.monitor.final_report
+    if run.ema is not None:
+        _weights_blocks(metrics, run, splits, accuracies)
     block = metrics["checkpoint"] or {}
     metrics["provenance"] = collect_provenance(
         device=trainer.strategy.root_device,
@@ -539,8 +573,32 @@ def _metrics(
     return metrics
 
 
+def _weights_blocks(
+    metrics: dict[str, Any], run: _RunCallbacks, splits: list[str], accuracies: dict[str, float]
+) -> None:
+    """``optim.ema``: the top-level ``splits`` and ``invariance`` are the EMA weights' (those the
+    checkpoints' ``state_dict`` holds, ``weights: "ema"``); ``ema`` says how they were averaged
+    and ``raw`` holds the same evaluation of the raw weights at the end of training."""
+    assert run.ema is not None
+    metrics["weights"] = "ema"
+    metrics["ema"] = {
+        "decay": run.ema.decay,
+        "updates": run.ema.updates,
+        "splits": {s: dict(metrics["splits"][s]) for s in splits},
+    }
+    raw: dict[str, Any] = {
+        "splits": {s: {"accuracy": accuracies[f"{RAW_PREFIX}{s}/accuracy"]} for s in splits}
+    }
+    report = None if run.monitor is None else run.monitor.other_report("raw")
+    if report is not None:
+        raw["invariance"] = report
+    metrics["raw"] = raw
+
+
 def _log_final(loggers: list[Any], metrics: dict[str, Any], step: int) -> None:
     final = {f"final/{s}/accuracy": v["accuracy"] for s, v in metrics["splits"].items()}
+    for s, v in (metrics.get("raw") or {}).get("splits", {}).items():
+        final[f"final/{RAW_PREFIX}{s}/accuracy"] = v["accuracy"]
     columns, rows = headline_rows(metrics)
     for logger in loggers:
         logger.log_metrics(final, step=step)

@@ -175,6 +175,7 @@ class Classifier(L.LightningModule):
         self._lr_groups = lr_multipliers(self.net, dict(cfg.optim.lr_mult))
         self.augment = augment.build(cfg.augment, num_classes=num_classes)
         self.eval_split_names: list[str] = []
+        self.eval_prefix = ""  # test metrics are logged as <prefix><split>/accuracy
         if cfg.model.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if cfg.model.compile:  # in place: compiled on first call, state-dict keys unchanged
@@ -266,8 +267,8 @@ class Classifier(L.LightningModule):
         split = self.eval_split_names[dataloader_idx] if self.eval_split_names else "test"
         n = batch[1].shape[0]
         kw = {"batch_size": n, "sync_dist": True, "add_dataloader_idx": False}
-        self.log(f"{split}/loss", loss, **kw)
-        self.log(f"{split}/accuracy", acc, **kw)
+        self.log(f"{self.eval_prefix}{split}/loss", loss, **kw)
+        self.log(f"{self.eval_prefix}{split}/accuracy", acc, **kw)
 
     # ------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
