@@ -103,6 +103,10 @@ ROWS = [
     Row("onecycle-too-short", ("fit", "{fit}", "optim.schedule=onecycle"), "at least 4 optimizer"),
     Row("optimizer-unknown", ("fit", "{fit}", "optim.optimizer=lamm"), "Did you mean 'lamb'"),
     Row("optimizer-not-offered", ("fit", "{fit}", "optim.optimizer=fusedlamb"), "NVIDIA apex"),
+    Row(
+        "ema-decay-1", ("fit", "{fit}", "optim.ema.decay=1"), "'optim.ema.decay' must be in (0, 1)"
+    ),
+    Row("mixup-alpha-0", ("fit", "{fit}", "augment.mixup_alpha=0"), "'augment.mixup_alpha' must"),
     Row("export-suffix", ("export", "{ckpt}", "{files}/w.pt"), "must end in .safetensors"),
     Row("export-exists", ("export", "{ckpt}", "{files}/taken.safetensors"), "already exists"),
     Row("export-bare-weights", ("export", "{files}/bare.pt", "{files}/b.safetensors"), "`invlab"),
