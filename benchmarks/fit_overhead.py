@@ -83,12 +83,16 @@ def fit_rate(cfg: Config, dm: Any, workdir: str) -> float:
 
 
 def raw_rate(cfg: Config, images: torch.Tensor, labels: torch.Tensor, on_device: bool) -> float:
-    """Images/s of a minimal loop with the same model, data, augmentation and optimizer."""
+    """Images/s of a minimal loop with the same model, data, augmentation and optimizer (and
+    ``model.channels_last``, ``model.compile`` and bf16 autocast as ``trainer.precision`` says)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     net = models.build(cfg.model, num_classes=int(labels.max()) + 1).to(device)
     if cfg.model.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if cfg.model.compile:
+        net.compile(backend=cfg.model.compile_backend)
+    bf16 = str(cfg.trainer["precision"]).startswith("bf16")  # as Lightning's bf16-mixed
     normalize = Normalize(list(cfg.data.mean), list(cfg.data.std)).to(device)
     aug = augment.build(cfg.augment)
     o, bs, epochs = cfg.optim, int(cfg.data.batch_size), int(cfg.trainer["max_epochs"])
@@ -122,8 +126,11 @@ def raw_rate(cfg: Config, images: torch.Tensor, labels: torch.Tensor, on_device:
         for x, y in batches():
             x = x.to(device, non_blocking=True).float().div_(255)
             y = y.to(device, non_blocking=True)
-            x = aug(x)
-            loss = F.cross_entropy(net(normalize(x)), y)
+            x = normalize(aug(x))
+            if cfg.model.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
