@@ -89,9 +89,10 @@ def check_gap_to(splits: Sequence[str], gap_to: str) -> None:
     if gap_to not in splits:
         from invlab.suggest import did_you_mean
 
+        found = f"Their splits: {', '.join(splits)}." if splits else "They evaluated no split."
         raise ConfigError(
             f"--gap-to {gap_to}: no held-out split of that name in these runs."
-            f"{did_you_mean(gap_to, list(splits))} Their splits: {', '.join(splits)}."
+            f"{did_you_mean(gap_to, list(splits))} {found}"
         )
 
 

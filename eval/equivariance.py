@@ -235,6 +235,47 @@ def auto_layers(model: nn.Module, image_size: int, net: nn.Module | None = None)
     return sorted(outer, key=lambda n: order[n])
 
 
+@dataclass(frozen=True)
+class FirstDownsampling:
+    """The network's first layer that lowers the resolution: its name, kernel and stride (None
+    when it has no ``kernel_size``/``stride``, e.g. a plug-in) and whether its input is the
+    network's input (pixels) or a feature map."""
+
+    name: str
+    module: nn.Module
+    kernel: int | None
+    stride: int | None
+    sees_pixels: bool
+
+
+def _first_int(value: Any) -> int | None:
+    value = value[0] if isinstance(value, (tuple, list)) else value
+    return int(value) if isinstance(value, int) else None
+
+
+def first_downsampling(
+    model: nn.Module, image_size: int, net: nn.Module | None = None
+) -> FirstDownsampling | None:
+    """The first module without submodules, in forward order, whose output map is smaller than
+    its input map (a strided conv, a pooling, a BlurPool's subsampling); None when no layer
+    downsamples (a global pooling to 1 x 1 does not count)."""
+    net = net if net is not None else getattr(model, "net", model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    probe = torch.zeros(1, 3, image_size, image_size, device=device)
+    modules = dict(net.named_modules())
+    for name, shape_in, shape_out, from_input in _outputs_of(net, probe, model):
+        module = modules[name]
+        if next(module.children(), None) is not None or shape_in is None or shape_out is None:
+            continue
+        if len(shape_in) != 4 or len(shape_out) != 4 or shape_out[-2:] == (1, 1):
+            continue
+        if shape_out[-2] < shape_in[-2] or shape_out[-1] < shape_in[-1]:
+            kernel = _first_int(getattr(module, "kernel_size", None))
+            stride = _first_int(getattr(module, "stride", None))
+            return FirstDownsampling(name, module, kernel, stride, from_input)
+    return None
+
+
 def resolve_layers(
     model: nn.Module, names: Sequence[str], image_size: int, net: nn.Module | None = None
 ) -> list[str]:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from eval.metrics import bootstrap_ci
 
-__all__ = ["homogeneity_report", "local_homogeneity", "local_range"]
+__all__ = ["feature_homogeneity", "homogeneity_report", "local_homogeneity", "local_range"]
 
 
 def _as_unit_float(images: Tensor) -> Tensor:
@@ -110,6 +110,18 @@ def local_homogeneity(images: Tensor, k: int) -> Tensor:
     downsampling only; deeper layers see features, not pixels.
     """
     return 1.0 - local_range(images, k)
+
+
+def feature_homogeneity(features: Tensor, k: int) -> Tensor:
+    """Per image ``[N]``: :func:`local_homogeneity` of a feature map ``[N, C, H, W]`` whose
+    channels are first rescaled to ``[0, 1]`` by their own minimum and maximum over the map (a
+    constant channel counts as perfectly homogeneous). Feature values have no fixed range, so
+    each channel's local range is measured as a fraction of its range over the image."""
+    x = features.float()
+    lo = x.amin(dim=(-2, -1), keepdim=True)
+    span = x.amax(dim=(-2, -1), keepdim=True) - lo
+    unit = torch.where(span > 0, (x - lo) / span.clamp_min(1e-12), torch.zeros_like(x))
+    return local_homogeneity(unit, k)
 
 
 def homogeneity_report(

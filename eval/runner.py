@@ -262,10 +262,12 @@ class _SplitEvaluator:
         batch_size: int,
         score: Any = None,
         windows: tuple[int, ...] = (),
+        first_down: _FirstDownInput | None = None,
     ) -> None:
         self.model, self.hook, self.plan, self.device = model, hook, plan, device
         self.score = score  # callable(images uint8, centre features) -> [n] typicality scores
         self.windows = windows  # local homogeneity of the central crops at these window sizes
+        self.first_down = first_down  # the first downsampling layer's input, captured
         translate = len(plan.offsets) + 2 if "translate" in plan.transforms else 0
         scale = len(plan.scales) if "scale" in plan.transforms else 0
         self.views_per_image = 1 + translate + scale
@@ -310,8 +312,13 @@ class _SplitEvaluator:
         n, v = batch.shape[:2]
         z = self.model(batch.flatten(0, 1)).view(n, v, -1).float()
         feats = self.hook.pop()
+        seen = self.first_down.pop() if self.first_down is not None else None
         f = feats.view(n, v, -1) if feats is not None else None
         out = {"accuracy": (z[:, 0].argmax(-1) == y).float()}
+        if seen is not None:  # homogeneity where the first downsampling acts (centre views)
+            w = self.first_down.window  # type: ignore[union-attr]
+            centre = seen.view(n, v, *seen.shape[1:])[:, 0]
+            out[f"{HOMOGENEITY_INPUT}/{w}"] = homogeneity.feature_homogeneity(centre, w)
         t0 = 1  # view 0 is the centre crop
         if "translate" in self.plan.transforms:
             t0 = self._translate_values(out, z, f, y, t0)
@@ -321,7 +328,8 @@ class _SplitEvaluator:
             out["typicality/score"] = self.score(x, f[:, 0] if f is not None else None)
         if self.windows:
             crops = center_crop(x, self.plan.size)
-            for k in self.windows:
+            matching = (self.first_down.window,) if self.first_down is not None else ()
+            for k in sorted({*self.windows, *(w for w in matching if w <= self.plan.size)}):
                 out[f"homogeneity/{k}"] = homogeneity.local_homogeneity(crops, k)
         return out
 
@@ -629,18 +637,36 @@ def evaluate(
             score, n_reference = _typicality_scorer(
                 model, hook, data, train_images, plan, cfg_eval, device
             )
+            windows = _windows(cfg_eval, plan)
+            first_down = _FirstDownInput(model) if windows else None
             runner = _SplitEvaluator(
-                model, hook, plan, device, int(cfg_eval.batch_size), score, _windows(cfg_eval, plan)
+                model, hook, plan, device, int(cfg_eval.batch_size), score, windows, first_down
             )
-            per_split, padding = _run_splits(
-                runner, data, splits, counts, plan, scale_protocol, gather, progress
-            )
+            try:
+                per_split, padding = _run_splits(
+                    runner, data, splits, counts, plan, scale_protocol, gather, progress
+                )
+            finally:
+                if first_down is not None:
+                    first_down.close()
     finally:
         model.train(was_training)
         model.to(original_device)
-    return _assemble_report(
+    report = _assemble_report(
         per_split, splits, counts, padding, plan, cfg_eval, world, scale_protocol, n_reference
     )
+    if first_down is not None and first_down.layer is not None:
+        report["protocol"]["homogeneity_layer"] = first_down.describe()
+        w = first_down.window
+        for s, values in per_split.items():
+            block = report["splits"][s]
+            for measure in ("homogeneity", HOMOGENEITY_INPUT):  # the pixels, the layer's input
+                found = values.get(f"{measure}/{w}")
+                if found is not None and str(w) not in block.get(measure, {}):
+                    ci = _homogeneity_ci(found, cfg_eval, plan.seed)
+                    merged = {**block.get(measure, {}), str(w): ci}
+                    block[measure] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
+    return report
 
 
 def _typicality_scorer(
@@ -759,6 +785,82 @@ def _assemble_report(
     if str(cfg_eval.typicality.method) != "none" and per_split:
         report["typicality"] = _typicality_report(per_split, groups, plan, cfg_eval, n_reference)
     return report
+
+
+HOMOGENEITY_INPUT = "homogeneity_input"  # per split: of the first downsampling layer's input
+
+
+class _FirstDownInput:
+    """Captures the input of the network's first downsampling layer (see
+    :func:`eval.equivariance.first_downsampling`) for its local homogeneity at the window the
+    layer's kernel needs (``kernel + 1``, the window that bounds a pooled value's change under a
+    1-px shift; 2 without a kernel): Mouton et al.'s argument applies where the downsampling
+    acts, which after a stem is a feature map. The layer is found on the evaluation's first
+    forward pass (hooks on every leaf module, removed once it is found), so the model sees no
+    extra probe input."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.net = getattr(model, "net", model)
+        self.layer: Any = None
+        self.window = 2
+        self.seen: Tensor | None = None
+        self._net_input: Tensor | None = None
+        self._handles = [self.net.register_forward_pre_hook(self._keep_net_input)]
+        for name, module in self.net.named_modules():
+            if name and next(module.children(), None) is None:
+                self._handles.append(module.register_forward_hook(self._search(name)))
+
+    def _keep_net_input(self, _module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        self._net_input = inputs[0] if inputs else None
+
+    def _search(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0] if inputs else None
+            if self.layer is not None or not isinstance(x, Tensor) or x.ndim != 4:
+                return
+            if not isinstance(output, Tensor) or output.ndim != 4:
+                return
+            if output.shape[-2:] == (1, 1) or output.shape[-2:] == x.shape[-2:]:
+                return
+            from eval.equivariance import FirstDownsampling, _first_int
+
+            kernel = _first_int(getattr(module, "kernel_size", None))
+            stride = _first_int(getattr(module, "stride", None))
+            sees_pixels = x is self._net_input
+            self.layer = FirstDownsampling(name, module, kernel, stride, sees_pixels)
+            self.window = (kernel or 1) + 1
+            self.seen = x
+            for handle in self._handles:
+                handle.remove()
+            self._handles = [module.register_forward_pre_hook(self._capture)]
+
+        return hook
+
+    def _capture(self, _module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        x = inputs[0] if inputs else None
+        self.seen = x if isinstance(x, Tensor) and x.ndim == 4 else None
+
+    def pop(self) -> Tensor | None:
+        out, self.seen = self.seen, None
+        if out is not None and min(out.shape[-2:]) < self.window:
+            return None  # a map smaller than the window has no such windows
+        return out
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def describe(self) -> dict[str, Any] | None:
+        if self.layer is None:
+            return None
+        return {
+            "layer": self.layer.name,
+            "kernel": self.layer.kernel,
+            "stride": self.layer.stride,
+            "window": self.window,
+            "input": "pixels" if self.layer.sees_pixels else "features",
+        }
 
 
 def _windows(cfg_eval: Any, plan: EvalPlan) -> tuple[int, ...]:

@@ -333,18 +333,16 @@ def _cases(groups: Sequence[Group]) -> list[tuple[str, str]]:
     (conditional ones as ``given_correct/<metric>``), the splits' homogeneity windows and the
     equivariance profile's ``<layer>/<metric>`` (layers in forward order)."""
     metrics = [*METRICS, *(f"given_correct/{m}" for m in SCALAR_METRICS)]
-    windows = sorted(
-        {
+    cases = [(tr, m) for tr in TRANSFORMS for m in metrics]
+    for measure in ("homogeneity", "homogeneity_input"):  # of the pixels; of the first
+        windows = {  # downsampling layer's input
             w
             for g in groups
             for r in g.runs
             for block in r.splits.values()
-            for w in (block.get("homogeneity") or {})
-        },
-        key=int,
-    )
-    cases = [(tr, m) for tr in TRANSFORMS for m in metrics]
-    cases += [(DATA, f"homogeneity/{w}") for w in windows]
+            for w in (block.get(measure) or {})
+        }
+        cases += [(DATA, f"{measure}/{w}") for w in sorted(windows, key=int)]
     layers = equivariance_layers(groups)
     return cases + [(EQUIVARIANCE, f"{n}/{m}") for n in layers for m in EQUIVARIANCE_METRICS]
 
@@ -1365,7 +1363,11 @@ def write_report(
     profile = plot_equivariance(groups, rows, out / "equivariance.png", level)
     if profile is not None:
         files.append(profile)
-    windows = [r["metric"].split("/")[1] for r in rows if r["transform"] == DATA]
+    windows = [
+        r["metric"].split("/")[1]
+        for r in rows
+        if r["transform"] == DATA and r["metric"].startswith("homogeneity/")
+    ]
     if windows:
         window = min(windows, key=int)
         files.append(plot_homogeneity(groups, rows, window, out / "homogeneity.png", level))

@@ -170,6 +170,23 @@ ROWS = [
         ("fit", "{fit}", "data.render=false"),
         "images are used as they are",
     ),
+    Row(
+        "typicality-checkpoint-pixels",
+        ("fit", "{fit}", "eval.enabled=true", "eval.typicality.checkpoint={ckpt}"),
+        "set eval.typicality.method=features",
+    ),
+    Row(
+        "typicality-checkpoint-bare",
+        (
+            "fit",
+            "{fit}",
+            "eval.enabled=true",
+            "eval.typicality.method=features",
+            "eval.typicality.checkpoint={files}/bare.pt",
+        ),
+        "is not a checkpoint of an invlab run",
+    ),
+    Row("report-gap-to-unknown", ("report", "{out}", "--gap-to", "refrence"), "--gap-to refrence"),
 ]
 
 

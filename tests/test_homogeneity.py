@@ -275,3 +275,72 @@ def test_bound_is_attained_by_subsampling_a_checkerboard() -> None:
     torch.testing.assert_close(local_range(x, 2), torch.tensor([1.0]))
     # whereas 2 x 2 max pooling sees a 1 in every window, before and after: no change at all
     assert (F.max_pool2d(a, 2, 2) == F.max_pool2d(b, 2, 2)).all()
+
+
+# ------------------------------------------------------------- where the downsampling acts
+def test_feature_homogeneity_measures_each_channel_against_its_own_range() -> None:
+    from eval.homogeneity import feature_homogeneity
+
+    # channel 0: a ramp 0, 10, 20, 30, 40 across 5 columns (rescaled: steps of 1/4, so every
+    # 2x2 window has range 1/4); channel 1: constant (homogeneous by definition)
+    ramp5 = (10.0 * torch.arange(5.0)).expand(1, 1, 5, 5)
+    maps = torch.cat([ramp5, torch.full((1, 1, 5, 5), -3.0)], dim=1)
+    assert feature_homogeneity(maps, 2).item() == pytest.approx((0.75 + 1.0) / 2)
+    # the scale of the features does not matter; window 3 covers two steps (range 1/2)
+    assert feature_homogeneity(0.01 * maps, 3).item() == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_first_downsampling_finds_the_pool_after_the_stem_and_its_kernel() -> None:
+    import models
+    from eval.equivariance import first_downsampling
+    from train.config import load_config
+
+    pooled = load_config(
+        overrides=["model.widths=[4,8]", "model.downsample=maxpool", "model.down_kernel=3"]
+    )
+    net = models.build(pooled.model, num_classes=3)
+    first = first_downsampling(net, 16)
+    assert first is not None and isinstance(first.module, torch.nn.MaxPool2d)
+    assert (first.kernel, first.stride, first.sees_pixels) == (3, 2, False)
+    # a strided first convolution sees the pixels
+    strided = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 5, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    first = first_downsampling(strided, 16)
+    assert first is not None and (first.name, first.kernel, first.sees_pixels) == ("0", 5, True)
+    # nothing downsamples below the global pooling
+    flat = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1))
+    assert first_downsampling(flat, 16) is None
+
+
+def test_evaluate_reports_the_homogeneity_the_first_pooling_sees() -> None:
+    import models
+    from eval import evaluate
+    from eval.homogeneity import feature_homogeneity
+    from tests.test_eval import SIZE, eval_cfg, make_data
+    from train.config import load_config
+
+    cfg = load_config(
+        overrides=["model.widths=[4,8]", "model.downsample=maxpool", "model.down_kernel=2"]
+    )
+    torch.manual_seed(0)
+    net = models.build(cfg.model, num_classes=4).eval()
+    data = make_data(n=6)
+    ev = eval_cfg("eval.transforms=[translate]", "eval.homogeneity_windows=[2]", "eval.n_images=6")
+    report = evaluate(net, data, ev, image_size=SIZE, progress=False)
+    layer = report["protocol"]["homogeneity_layer"]
+    assert (layer["kernel"], layer["window"], layer["input"]) == (2, 3, "features")
+    for split in ("typical", "atypical"):
+        block = report["splits"][split]
+        assert set(block["homogeneity"]) == {"2", "3"}  # the pixels at the matching window too
+        # by hand: the pool's input on the central crops, measured at window 3
+        seen: list[Tensor] = []
+        pool = dict(net.named_modules())[layer["layer"]]
+        handle = pool.register_forward_pre_hook(lambda _m, i, seen=seen: seen.append(i[0]))
+        images = data[split][0][:6]
+        crops = images[..., 4 : 4 + SIZE, 4 : 4 + SIZE].float() / 255
+        with torch.no_grad():
+            net(crops)
+        handle.remove()
+        expected = feature_homogeneity(seen[0], 3).mean().item()
+        assert block["homogeneity_input"]["3"]["mean"] == pytest.approx(expected, rel=1e-5)
