@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.invlab-installed
 
-.PHONY: demo test test-all setup lint format bench clean
+.PHONY: demo test test-all setup lint format bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ format: setup
 
 bench: setup  ## every benchmark, side by side; writes benchmarks/RESULTS.md
 	$(PY) benchmarks/run_all.py
+
+gpu-check: setup  ## on a CUDA GPU (<= 8 min): CUDA tests, demo, throughput; writes benchmarks/RESULTS-gpu.md
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -35,10 +35,10 @@ FULL_ARGS = {
 
 
 def benchmarks() -> list[Path]:
-    """Every benchmark script (helpers start with ``_``; this runner is not one)."""
-    return sorted(
-        p for p in HERE.glob("*.py") if not p.name.startswith("_") and p.name != Path(__file__).name
-    )
+    """Every benchmark script (helpers start with ``_``; this runner is not one, nor the GPU
+    check, which needs CUDA and has its own target: ``make gpu-check``)."""
+    skip = {Path(__file__).name, "gpu_check.py"}
+    return sorted(p for p in HERE.glob("*.py") if not p.name.startswith("_") and p.name not in skip)
 
 
 def commit() -> str:

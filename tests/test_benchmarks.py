@@ -12,8 +12,11 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+# run_all runs the others; gpu_check has its own test (a CUDA check, with a --cpu-smoke mode).
 SCRIPTS = sorted(
-    p.stem for p in BENCH.glob("*.py") if not p.name.startswith("_") and p.stem != "run_all"
+    p.stem
+    for p in BENCH.glob("*.py")
+    if not p.name.startswith("_") and p.stem not in ("run_all", "gpu_check")
 )
 # A line each benchmark's output must contain, with a number where one is expected.
 EXPECTED = {
@@ -68,3 +71,60 @@ def test_runner_writes_results(tmp_path: Path) -> None:
     assert re.search(EXPECTED["eval_throughput"], text)
     bad = subprocess.run([*cmd[:-1], "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown benchmark(s) nope" in bad.stderr
+
+
+# What each section of the GPU check's report must hold, in order (numbers where they belong).
+GPU_CHECK_SECTIONS = [
+    ("CUDA-only tests", r"pytest -m cuda .*\*\*\d+ (passed|skipped)"),
+    ("The demo on this machine", r"\| accuracy, typical \| \d\.\d{3} \| \d\.\d{3} \|"),
+    ("bf16 matmul peak", r"bf16 matmul peak: \*\*[\d.e-]+ / [\d.e-]+ / [\d.e-]+ TFLOP/s"),
+    (
+        "Training throughput at CIFAR size",
+        r"\| built-in CNN \| bf16 \+ channels-last \+ compile \| \d+ / \d+ / \d+ \| "
+        r"\d+ / \d+ / \d+ \| \d\.\d\d / \d\.\d\d / \d\.\d\d \| [\d.e-]+ \| [\d.]+% \|",
+    ),
+    ("Augmentation presets", r"\| translate \| [\d.]+ / [\d.]+ / [\d.]+ \| [\d.]+% \|"),
+    ("Evaluation throughput", r"eval\.evaluate / ceiling: \*\*\d\.\d\d / \d\.\d\d / \d\.\d\d"),
+    ("One epoch of the full study size", r"seconds per epoch: \*\*[\d.]+ / [\d.]+ / [\d.]+\*\*"),
+    (
+        "Projected wall time",
+        r"\| \w+ \| \d+ \| \d+ x [\d,]+ \| [\d.]+–[\d.]+ \| [\d.]+ (s|min|h) / [\d.]+ (s|min|h)",
+    ),
+]
+
+
+def test_gpu_check_cpu_smoke_writes_every_section(tmp_path: Path) -> None:
+    """``make gpu-check``'s script, run at tiny sizes on the CPU (``--cpu-smoke``), writes every
+    section with its command and numbers to ``--out`` (never to RESULTS-gpu.md)."""
+    import subprocess
+
+    out = tmp_path / "gpu.md"
+    results = BENCH / "RESULTS-gpu.md"
+    before = results.stat().st_mtime_ns if results.exists() else None
+    cmd = [sys.executable, str(BENCH / "gpu_check.py"), "--cpu-smoke", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    text = out.read_text()
+    assert text.startswith("# GPU check — CPU smoke run (not GPU figures)\n")
+    assert re.search(r"^- torch \S+, lightning \S+, timm \S+, kornia \S+", text, re.M)
+    assert re.search(r"^- commit \S+.*; \d{4}-\d\d-\d\d \d\d:\d\d UTC$", text, re.M)
+    assert "FAILED" not in text and "Traceback" not in text and "Not run: the whole" not in text
+    sections = re.split(r"^## \d+\. ", text, flags=re.M)[1:]
+    assert len(sections) == len(GPU_CHECK_SECTIONS)
+    for body, (title, pattern) in zip(sections, GPU_CHECK_SECTIONS, strict=True):
+        assert body.startswith(title), body[:200]
+        assert "`python " in body or "`invlab " in body, body[:300]  # its command
+        assert re.search(pattern, body), body
+    assert (results.stat().st_mtime_ns if results.exists() else None) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+def test_gpu_check_without_cuda_exits_2_and_names_the_fix() -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_check.py")], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "--cpu-smoke" in proc.stderr
+    assert "make gpu-check" in proc.stderr
