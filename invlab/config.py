@@ -222,6 +222,9 @@ class DataConfig:
     # never held in memory: auto (when in memory they would exceed a quarter of the available
     # RAM, or 2 GiB without psutil; see train.data.stream) | true | false.
     stream: str = field("auto", choices=("auto", "true", "false"))
+    # model: a pretrained timm model's own input (its pretrained_cfg: image_size, mean, std) where
+    # no file or override sets these keys (train.preprocessing); config: the values below only.
+    preprocessing: str = field("model", choices=("model", "config"))
     # Per-channel normalisation of images in [0, 1].
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5], ge=0, le=1)
     std: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.25], gt=0)

@@ -77,6 +77,11 @@ def test_the_imagenet_recipe_evaluates_a_pretrained_model_and_fine_tunes_it_with
     assert report["checkpoint"] == "pretrained: timm:resnet10t"
     assert report["config"]["model"]["pretrained"] == "true"
     assert report["config"]["data"]["render"] is False
+    # the model's own normalisation (timm's pretrained_cfg); the test's image size overrides it
+    pre = report["preprocessing"]
+    assert pre["used"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert report["config"]["data"]["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert pre["overridden_by_config"] == ["image_size"] and pre["used"]["image_size"] == 32
     typical = report["splits"]["typical"]
     assert typical["n_images"] == 9 and 0 <= typical["translate"]["p_change"]["mean"] <= 1
 

@@ -62,3 +62,33 @@ def test_pretrained_preprocessing_is_timms_own(tmp_path: Path) -> None:
     plain = pretrained_preprocessing("resnet10t", {})
     assert plain["mean"] == pytest.approx([0.485, 0.456, 0.406])  # ImageNet's, from timm
     assert plain["input_size"] == [3, 176, 176] and plain["interpolation"] == "bicubic"
+
+
+def test_a_pretrained_model_brings_its_own_input_unless_the_config_sets_it(
+    tmp_path: Path,
+) -> None:
+    from train.config import load_config
+    from train.preprocessing import describe
+
+    overlay = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "input_size": [3, 48, 48]}
+    base = [
+        "model.name=timm:resnet10t",
+        "model.pretrained=true",
+        *(f"model.kwargs.pretrained_cfg_overlay.{k}={v}" for k, v in overlay.items()),
+    ]
+    cfg = load_config(overrides=base)
+    assert list(cfg.data.mean) == [0.1, 0.2, 0.3] and list(cfg.data.std) == [0.4, 0.5, 0.6]
+    assert cfg.data.image_size == 48
+    assert describe(cfg)["overridden_by_config"] == []
+    # a value the config sets wins, and the report says so
+    mine = load_config(overrides=[*base, "data.image_size=32", "data.mean=[0.5,0.5,0.5]"])
+    assert mine.data.image_size == 32 and list(mine.data.mean) == [0.5, 0.5, 0.5]
+    assert list(mine.data.std) == [0.4, 0.5, 0.6]
+    assert describe(mine)["overridden_by_config"] == ["image_size", "mean"]
+    # data.preprocessing=config: the config's values only
+    own = load_config(overrides=[*base, "data.preprocessing=config"])
+    assert own.data.image_size == 32 and list(own.data.mean) == [0.5, 0.5, 0.5]
+    assert describe(own) is None
+    # models without pretrained weights of their library keep the config's input
+    plain = load_config(overrides=["model.name=timm:resnet10t"])
+    assert plain.data.image_size == 32 and describe(plain) is None

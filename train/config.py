@@ -600,6 +600,7 @@ def load_config(
             cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
         except OmegaConfBaseException as err:
             raise _translate(err, "stored config") from None
+    sources: list[DictConfig] = []  # what the user's files and overrides set
     for path in yaml_paths:
         resolved = _resolve_yaml_path(path)
         try:
@@ -608,15 +609,25 @@ def load_config(
             raise ConfigError(f"Could not read YAML file '{resolved}': {err}") from None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"YAML file '{resolved}' must hold a mapping at the top level.")
+        sources.append(loaded)
         try:
             cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as err:
             raise _translate(err, str(resolved)) from None
     if overrides:
+        parsed = _parse_overrides(list(overrides))
+        sources.append(parsed)
         try:
-            cfg = OmegaConf.merge(cfg, _parse_overrides(list(overrides)))
+            cfg = OmegaConf.merge(cfg, parsed)
         except OmegaConfBaseException as err:
             raise _translate(err, "command-line overrides") from None
     assert isinstance(cfg, DictConfig)
+    if base is None:  # a stored config already holds the values its run used
+        from train.preprocessing import apply_model_preprocessing, explicit_keys
+
+        try:
+            apply_model_preprocessing(cfg, explicit_keys(*sources))
+        except OmegaConfBaseException as err:
+            raise _translate(err, "the model's pretrained_cfg") from None
     validate(cfg)
     return cfg  # type: ignore[return-value]

@@ -35,6 +35,7 @@ from train.divergence import StopOnNonFiniteLoss
 from train.ema import EMAWeights
 from train.loggers import build_loggers, close_loggers
 from train.module import Classifier
+from train.preprocessing import describe as describe_preprocessing
 from train.rundir import DirLock, inside, run_directory
 from train.signals import Interrupted, record_signals
 
@@ -551,6 +552,9 @@ def _metrics(
         "data": dm.split_info(),
         "config": to_container(cfg),  # results keep the config that produced them
     }
+    pre = describe_preprocessing(cfg)
+    if pre is not None:  # a pretrained model's own input, and what the config overrode
+        metrics["preprocessing"] = pre
     # The accuracies above are those of the final weights, which last.ckpt holds.
     metrics["checkpoint"] = _checkpoint_block(run.last, run_dir)
     metrics["best_checkpoint"] = _checkpoint_block(run.best, run_dir)

@@ -12,6 +12,7 @@ from eval.runner import evaluate
 from invlab.config import ConfigError, to_container
 from invlab.provenance import collect_provenance
 from models.checkpoint import lightning_state, require_file
+from train.preprocessing import describe as describe_preprocessing
 
 
 def default_device() -> torch.device:
@@ -81,6 +82,9 @@ def evaluate_checkpoint(
             clf.to(device), dm, list(report["splits"]), cfg.eval, int(cfg.data.image_size)
         )
     report["checkpoint"] = str(path) if path is not None else f"pretrained: {cfg.model.name}"
+    pre = describe_preprocessing(cfg)
+    if pre is not None:  # a pretrained model's own input, and what the config overrode
+        report["preprocessing"] = pre
     # The config that produced these numbers, so `invlab report` can group this evaluation
     # (e.g. eval.protocol=circular) with the runs it belongs to.
     report["config"] = to_container(cfg)
