@@ -228,8 +228,13 @@ class Budget:
 
     def __init__(self, seconds_: float, hard_until: float) -> None:
         self.start = time.perf_counter()
+        self.hard_until = hard_until
         self.until = min(self.start + seconds_, hard_until)
         self.skipped: list[str] = []
+
+    def extend(self, seconds_: float) -> None:
+        """Move the end by ``seconds_`` (time spent on another section's work)."""
+        self.until = min(self.until + seconds_, self.hard_until)
 
     def more(self, estimate: float = 0.0) -> bool:
         return time.perf_counter() + estimate <= self.until
@@ -291,6 +296,7 @@ def quiet() -> None:
         ".*TF32.*",
         ".*Tensor Cores.*",
         ".*Precision bf16-mixed.*",
+        ".*smaller than the logging interval.*",
     ):
         warnings.filterwarnings("ignore", pattern)
 
@@ -788,8 +794,10 @@ def study_sweeps() -> list[tuple[Path, list[str]]]:
 def section_projection(check: Check, budget: Budget) -> tuple[list[str], bool]:
     """Each study's full size on one GPU: points x epochs x images x measured s/image, scaled
     by each point's FLOPs per image against the measured configuration's."""
-    if "full" not in check.shared:
-        section_full_epoch(check, Budget(check.sizes.budgets["full_epoch"], budget.until))
+    if "full" not in check.shared:  # --only projection: measure the epoch first
+        start = time.perf_counter()
+        section_full_epoch(check, Budget(check.sizes.budgets["full_epoch"], budget.hard_until))
+        budget.extend(time.perf_counter() - start)
     cfg_ref, per_epoch = check.shared["full"]
     ref_side = int(cfg_ref.data.image_size)
     per_image = [t / int(cfg_ref.data.n_train) for t in per_epoch]
