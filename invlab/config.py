@@ -168,6 +168,9 @@ class HeldoutSplitConfig:
 
     n: int = field(500, ge=0)
     source: Optional[str] = None  # another source with the same classes (null: data.source)
+    # A folder of this split's own images, <root>/<class>/* with the training classes' names,
+    # every image held out ("my atypical images are in this folder"): a split defined by data.
+    root: Optional[str] = None
     position: Optional[str] = field(None, choices=POSITIONS)
     sigma_px: Optional[float] = field(None, ge=0)
     max_offset_px: Optional[float] = field(None, ge=0)
@@ -526,8 +529,8 @@ def changed_factors(data: DataConfig, split: str) -> list[str]:
         for name, keys in FACTORS.items()
         if any(differs(k) for k in keys if name != "position" or k in used)
     ]
-    source = data.heldout[split].source
-    if source is not None and source != data.source:
+    spec = data.heldout[split]
+    if (spec.source is not None and spec.source != data.source) or spec.get("root"):
         changed.append("source")
     return changed
 

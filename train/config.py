@@ -282,9 +282,10 @@ def _check_heldout_factors(d: Any) -> None:
                     f"Held-out split 'data.heldout.{split}' changes {', '.join(rendered)}, but "
                     f"with data.render=false images are used as they are: nothing re-renders "
                     f"them, so the split would show the same kind of images as 'typical' under "
-                    f"another name. Define it by data (data.heldout.{split}.source=<another source "
-                    f"with the same classes>), empty it (data.heldout.{split}.n=0), or set "
-                    f"data.render=true."
+                    f"another name. Define it by data (data.heldout.{split}.root=<a folder of "
+                    f"your images, one sub-folder per class> or data.heldout.{split}.source="
+                    f"<another source with the same classes>), empty it "
+                    f"(data.heldout.{split}.n=0), or set data.render=true."
                 )
     for split in d.heldout:
         if split in ("typical", REFERENCE) or changed_factors(d, split):

@@ -36,6 +36,7 @@ from invlab.imageops import center_crop
 from train.data import stream
 from train.data.background import TEXTURE_CELLS
 from train.data.device_loader import DeviceBatches, use_on_device
+from train.data.folder import heldout_folder
 from train.data.placement import FrameRule
 from train.data.registry import ObjectPool, Source, build_source
 from train.data.render import Scene, render_scene, render_split, resize_split
@@ -124,6 +125,9 @@ def allocate_instances(
     return positions, sizes
 
 
+FOLDER_SPLIT = "folder-split:"  # source name of a held-out split's own folder (heldout.<s>.root)
+
+
 class InvDataModule(L.LightningDataModule):
     """Renders every split once (``setup`` is idempotent) and serves uint8 batches.
 
@@ -148,6 +152,12 @@ class InvDataModule(L.LightningDataModule):
     def _source(self, name: str) -> Source:
         """A source, loaded once; one with fewer than two classes is refused (every image would
         be classified right by construction)."""
+        if name not in self._sources and name.startswith(FOLDER_SPLIT):
+            root = name.removeprefix(FOLDER_SPLIT)
+            split = next(s for s, v in self.cfg.data.heldout.items() if v.get("root") == root)
+            size = int(self.cfg.data.image_size) + 2 * int(self.cfg.data.eval_margin_px)
+            pool = heldout_folder(root, split, self.class_names, size)
+            self._sources[name] = Source(name, self.class_names, pool, pool)
         if name not in self._sources:
             source = build_source(name, self.cfg.data, int(self.cfg.seed))
             if source.num_classes < 2:
@@ -167,6 +177,8 @@ class InvDataModule(L.LightningDataModule):
 
     def source_name(self, split: str) -> str:
         spec = self.cfg.data.heldout.get(split)
+        if spec is not None and spec.get("root"):
+            return f"{FOLDER_SPLIT}{spec.root}"
         return spec.source if spec is not None and spec.source else self.cfg.data.source
 
     def source_of(self, split: str) -> Source:
@@ -174,6 +186,8 @@ class InvDataModule(L.LightningDataModule):
         name = self.source_name(split)
         if name == self.cfg.data.source:
             return self.source
+        if name.startswith(FOLDER_SPLIT):  # the split's own folder, labelled like training
+            return self._source(name)
         other = self._source(name)
         if other.num_classes != self.source.num_classes:
             raise ConfigError(

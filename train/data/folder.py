@@ -1,7 +1,9 @@
 """``folder``: an ImageFolder tree at ``data.root`` (ImageNet's layout works as is).
 
 ``root/train/<class>/*`` (+ optional ``root/val/<class>/*`` held out), or ``root/<class>/*``
-split per class by a fixed permutation (a fifth held out). Images are decoded on demand,
+split per class by a fixed permutation (a fifth held out); a held-out split may instead be a
+folder of its own (``data.heldout.<split>.root``: ``root/<class>/*``, every image held out,
+classes named like the training ones, :func:`heldout_folder`). Images are decoded on demand,
 resized to fill a square (shorter side) and centre-cropped, then pasted as opaque rectangles,
 or through their alpha channel where they have one. Every mode PIL reads becomes 8-bit RGB:
 16-bit and 32-bit integer images are scaled from 16 bits (65535 -> 255), palette, grey and
@@ -121,3 +123,31 @@ def load_folder(cfg: DataConfig, seed: int) -> Source:
         )
     size = cfg.image_size + 2 * cfg.eval_margin_px
     return Source("folder", classes, FolderPool(train, size), FolderPool(held, size))
+
+
+def heldout_folder(root: str, split: str, classes: list[str], size: int) -> FolderPool:
+    """Every image of ``root/<class>/*`` as a held-out pool labelled by the training classes'
+    indices (``classes``: the training source's class names); a class folder the training data
+    does not have is refused, classes it lacks are simply not shown."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    where = f"data.heldout.{split}.root={root!r}"
+    try:
+        found, _ = find_classes(root)
+    except (FileNotFoundError, OSError) as err:
+        raise ConfigError(
+            f"No image folder at {where} ({err}). Expected {root}/<class>/*.png|jpg with the "
+            f"training classes' names."
+        ) from None
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise ConfigError(
+            f"{where} has class folder(s) {', '.join(map(repr, unknown[:5]))} that the training "
+            f"data does not have (its classes: {', '.join(classes[:10])}"
+            f"{', ...' if len(classes) > 10 else ''}). Rename or remove them."
+        )
+    index = {c: classes.index(c) for c in found}
+    samples = make_dataset(root, index, IMG_EXTENSIONS)
+    if not samples:
+        raise ConfigError(f"{where} holds no images (png, jpg, ...) in its class folders.")
+    return FolderPool(samples, size)
