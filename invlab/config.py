@@ -209,6 +209,11 @@ class DataConfig:
     # The object's nominal extent as a fraction of image_size.
     object_size: float = field(0.6, gt=0, why="an object of size 0 leaves blank images")
     render: bool = True  # False: use the source images as they are (resized to image_size)
+    # render=false: the central fraction of an image the model sees (timm's crop_pct: the shorter
+    # side is resized to image_size / crop_pct, then the centre is cropped). Below 1, held-out
+    # images keep eval_margin_px of real pixels around that crop when it fits (the crop protocol
+    # then shifts over real pixels, as Azulay & Weiss did); at 1 shifted views are padded.
+    crop_pct: float = field(1.0, gt=0, le=1)
     eval_margin_px: int = field(4, ge=0)  # held-out renderings are image_size + 2 * margin wide
     # Objects stay wholly inside the model window at every evaluated view: shifted by up to
     # eval_margin_px, or rescaled by up to frame_scale. False: placements may cut objects.

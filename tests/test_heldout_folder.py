@@ -60,3 +60,31 @@ def test_a_folder_with_a_class_the_training_data_lacks_is_refused(tmp_path: Path
     missing = _cfg(tmp_path, "false", f"data.heldout.gone.root={tmp_path / 'nope'}")
     with pytest.raises(ConfigError, match="No image folder at data.heldout.gone.root"):
         build_datamodule(missing).setup()
+
+
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_natural_images_keep_real_pixels_around_the_crop(tmp_path: Path, stream: str) -> None:
+    from invlab.imageops import center_crop
+    from train.data.render import resize_split
+
+    # crop_pct 0.8: the shorter side goes to 40 px and the model sees the central 32; held-out
+    # images keep the 4 px around it, so a shifted view is real pixels, not padding
+    cfg = _cfg(tmp_path, stream, "data.crop_pct=0.8")
+    dm = build_datamodule(cfg)
+    dm.setup()
+    assert dm.fit_side == 40 and dm.margin("typical") == 4 and dm.margin("train") == 0
+    typical = dm.split("typical")
+    held = torch.stack([typical.images[i] for i in range(len(typical.labels))])
+    assert held.shape[-1] == 40
+    # the central crop is what training-style preprocessing gives for the same files
+    pool = dm.source_of("typical").heldout
+    plain, _, _ = resize_split(
+        pool, len(held), seed=int(cfg.seed), size=32, positions=dm._allocate()["typical"], fit=40
+    )
+    assert torch.equal(center_crop(held, 32), plain)
+    train = dm.split("train")
+    assert train.images[0].shape[-1] == 32
+    # crop_pct 1 (the default): no room around the crop, shifted views are padded
+    whole = build_datamodule(_cfg(tmp_path, stream))
+    whole.setup()
+    assert whole.fit_side is None and whole.margin("typical") == 0

@@ -3,7 +3,7 @@
 timm's pretrained weights expect one input size, normalisation and resize interpolation
 (``pretrained_cfg``, with any ``pretrained_cfg_overlay`` applied). With ``data.preprocessing:
 model`` (the default) and ``model.pretrained=true`` on a ``timm:`` model, ``load_config`` sets
-``data.image_size``, ``data.mean`` and ``data.std`` from it wherever no YAML file and no
+``data.image_size``, ``data.mean``, ``data.std`` and ``data.crop_pct`` from it wherever no YAML file and no
 override set them; a value the config does set wins (an override), and the report records which
 came from where (:func:`describe`). ``data.preprocessing: config`` uses the config's values only.
 Models without a ``pretrained_cfg`` (built-ins, torchvision, local weights files) are unchanged.
@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-KEYS = ("image_size", "mean", "std")  # data.<key>, set from the model's pretrained_cfg
+KEYS = ("image_size", "mean", "std", "crop_pct")  # data.<key>, from the model's pretrained_cfg
 
 
 def _flatten(data: Any, prefix: str = "") -> set[str]:
@@ -61,7 +61,9 @@ def model_preprocessing(cfg: Any) -> dict[str, Any] | None:
 
 
 def _model_value(pre: dict[str, Any], key: str) -> Any:
-    return int(pre["input_size"][-1]) if key == "image_size" else list(pre[key])
+    if key == "image_size":
+        return int(pre["input_size"][-1])
+    return float(pre[key]) if key == "crop_pct" else list(pre[key])
 
 
 def apply_model_preprocessing(cfg: DictConfig, explicit: set[str]) -> None:
@@ -85,6 +87,7 @@ def describe(cfg: Any) -> dict[str, Any] | None:
         "image_size": int(cfg.data.image_size),
         "mean": [float(v) for v in cfg.data.mean],
         "std": [float(v) for v in cfg.data.std],
+        "crop_pct": float(cfg.data.crop_pct),
     }
     return {
         "source": f"timm pretrained_cfg of {str(cfg.model.name).removeprefix('timm:')}",
@@ -100,4 +103,4 @@ def describe(cfg: Any) -> dict[str, Any] | None:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(abs(x - y) < 1e-6 for x, y in zip(a, b, strict=True))
-    return a == b
+    return abs(a - b) < 1e-6 if isinstance(a, float) else a == b

@@ -36,7 +36,7 @@ from invlab.imageops import center_crop
 from train.data import stream
 from train.data.background import TEXTURE_CELLS
 from train.data.device_loader import DeviceBatches, use_on_device
-from train.data.folder import heldout_folder
+from train.data.folder import decode_side, heldout_folder
 from train.data.placement import FrameRule
 from train.data.registry import ObjectPool, Source, build_source
 from train.data.render import Scene, render_scene, render_split, resize_split
@@ -155,8 +155,7 @@ class InvDataModule(L.LightningDataModule):
         if name not in self._sources and name.startswith(FOLDER_SPLIT):
             root = name.removeprefix(FOLDER_SPLIT)
             split = next(s for s, v in self.cfg.data.heldout.items() if v.get("root") == root)
-            size = int(self.cfg.data.image_size) + 2 * int(self.cfg.data.eval_margin_px)
-            pool = heldout_folder(root, split, self.class_names, size)
+            pool = heldout_folder(root, split, self.class_names, decode_side(self.cfg.data))
             self._sources[name] = Source(name, self.class_names, pool, pool)
         if name not in self._sources:
             source = build_source(name, self.cfg.data, int(self.cfg.seed))
@@ -235,12 +234,27 @@ class InvDataModule(L.LightningDataModule):
         return heldout_placement(self.cfg.data, split)
 
     def margin(self, split: str) -> int:
-        """Real extra pixels around the model input: held-out renderings only. Images used as
-        they are (``data.render=false``) have none — resizing them larger would change their
-        scale against training — so shift evaluation pads them (``eval.pad_mode``)."""
-        if split == "train" or not self.cfg.data.render:
+        """Real extra pixels around the model input: held-out splits only. Images used as they
+        are (``data.render=false``) have them only where ``data.crop_pct`` leaves room around
+        the crop (resizing them larger would change their scale against training); otherwise
+        shift evaluation pads them (``eval.pad_mode``)."""
+        d = self.cfg.data
+        if split == "train":
             return 0
-        return int(self.cfg.data.eval_margin_px)
+        m = int(d.eval_margin_px)
+        if d.render:
+            return m
+        fit = self.fit_side
+        return m if fit is not None and fit >= int(d.image_size) + 2 * m else 0
+
+    @property
+    def fit_side(self) -> int | None:
+        """``data.render=false`` with ``data.crop_pct`` < 1: the side the shorter side of an
+        image is resized to before its centre is cropped (None: resized to the crop itself)."""
+        d = self.cfg.data
+        if d.render or float(d.crop_pct) >= 1:
+            return None
+        return int(round(int(d.image_size) / float(d.crop_pct)))
 
     @property
     def frame(self) -> FrameRule | None:
@@ -291,12 +305,18 @@ class InvDataModule(L.LightningDataModule):
         canvas = int(d.image_size) + 2 * margin
         if not d.render and self._streams() and stream.streamable(pool):
             images, labels, indices = stream.stream_split(
-                pool, positions, seed=int(self.cfg.seed), size=canvas, num_workers=d.num_workers
+                pool,
+                positions,
+                seed=int(self.cfg.seed),
+                size=canvas,
+                num_workers=d.num_workers,
+                fit=self.fit_side,
             )
             return SplitData(images, labels, margin, indices)
         if not d.render:
+            fit = self.fit_side
             images, labels, indices = resize_split(
-                pool, n, seed=int(self.cfg.seed), size=canvas, positions=positions
+                pool, n, seed=int(self.cfg.seed), size=canvas, positions=positions, fit=fit
             )
             return SplitData(images, labels, margin, indices)
         images, labels, indices, scene = render_split(

@@ -97,6 +97,15 @@ def _held_out_split(samples: list[tuple[str, int]]) -> tuple[list, list]:
     return train, held
 
 
+def decode_side(cfg: DataConfig) -> int:
+    """The side images are fitted to when decoded: the model window plus the held-out margin,
+    or (``data.render=false`` with ``data.crop_pct`` < 1) the side the centre crop is taken from."""
+    side = int(cfg.image_size) + 2 * int(cfg.eval_margin_px)
+    if not cfg.render and float(cfg.crop_pct) < 1:
+        side = max(side, int(round(int(cfg.image_size) / float(cfg.crop_pct))))
+    return side
+
+
 @register_source("folder")
 def load_folder(cfg: DataConfig, seed: int) -> Source:
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -121,7 +130,7 @@ def load_folder(cfg: DataConfig, seed: int) -> Source:
             f"The image folder at data.root={cfg.root!r} needs training and held-out images "
             f"(found {len(train)} and {len(held)}). {layout}"
         )
-    size = cfg.image_size + 2 * cfg.eval_margin_px
+    size = decode_side(cfg)
     return Source("folder", classes, FolderPool(train, size), FolderPool(held, size))
 
 

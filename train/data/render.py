@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from invlab.config import ConfigError, PlacementConfig
+from invlab.imageops import center_crop
 from train.data.background import draw_background, paint_background
 from train.data.placement import MAX_ROUNDS, FrameRule, Placement, sample_offsets, sample_placement
 from train.data.registry import ObjectPool, Objects
@@ -352,14 +353,24 @@ def render_scene(
 
 
 def resize_split(
-    pool: ObjectPool, n: int, *, seed: int, size: int, positions: np.ndarray | None = None
+    pool: ObjectPool,
+    n: int,
+    *,
+    seed: int,
+    size: int,
+    positions: np.ndarray | None = None,
+    fit: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``data.render=false``: source images as they are (masked ones over black), resized."""
+    """``data.render=false``: source images as they are (masked ones over black), resized to
+    ``size`` px, or (``fit``) resized to ``fit`` px and centre-cropped to ``size``."""
+    side = size if fit is None else int(fit)
 
     def resize(objects: Objects, start: int, stop: int) -> Tensor:
         rgb = _rgba(objects)[:, :3]
-        if rgb.shape[-1] != size or rgb.shape[-2] != size:
-            rgb = F.interpolate(rgb, size=(size, size), mode="bilinear", antialias=True)
+        if rgb.shape[-1] != side or rgb.shape[-2] != side:
+            rgb = F.interpolate(rgb, size=(side, side), mode="bilinear", antialias=True)
+        if side != size:
+            rgb = center_crop(rgb, size)
         return (rgb * 255).round_().clamp_(0, 255).to(torch.uint8)
 
     positions = np.arange(n) if positions is None else np.asarray(positions)

@@ -115,6 +115,7 @@ class StreamSplit(Dataset):
         seed: int,
         size: int,
         window: int | None = None,
+        fit: int | None = None,
     ) -> None:
         if not streamable(pool):
             raise ConfigError(
@@ -123,7 +124,7 @@ class StreamSplit(Dataset):
             )
         instances = np.asarray(pool.instances(np.asarray(positions), seed), dtype=np.int64)
         self._pool = _Instances(pool, instances)
-        self.seed, self.size, self.window = int(seed), int(size), window
+        self.seed, self.size, self.window, self.fit = int(seed), int(size), window, fit
         self.indices = torch.as_tensor(instances)
         self.labels = pool.labels[self.indices]  # type: ignore[attr-defined]
 
@@ -138,7 +139,12 @@ class StreamSplit(Dataset):
     def decode(self, positions: np.ndarray) -> Tensor:
         """uint8 [k, 3, side, side] of the images at ``positions`` of the split."""
         images, _, _ = resize_split(
-            self._pool, len(positions), seed=self.seed, size=self.size, positions=positions
+            self._pool,
+            len(positions),
+            seed=self.seed,
+            size=self.size,
+            positions=positions,
+            fit=self.fit,
         )
         return images if self.window is None else center_crop(images, self.window).contiguous()
 
@@ -209,11 +215,18 @@ def _as_index(index: Any) -> Any:
 
 
 def stream_split(
-    pool: ObjectPool, positions: np.ndarray, *, seed: int, size: int, num_workers: int
+    pool: ObjectPool,
+    positions: np.ndarray,
+    *,
+    seed: int,
+    size: int,
+    num_workers: int,
+    fit: int | None = None,
 ) -> tuple[StreamImages, Tensor, Tensor]:
     """A split's (lazy images, labels, instance indices): what the in-memory path's
-    ``resize_split(pool, n, seed=seed, size=size, positions=positions)`` gives, decoded later."""
-    dataset = StreamSplit(pool, positions, seed=seed, size=size)
+    ``resize_split(pool, n, seed=seed, size=size, positions=positions, fit=fit)`` gives,
+    decoded later."""
+    dataset = StreamSplit(pool, positions, seed=seed, size=size, fit=fit)
     return StreamImages(dataset, num_workers), dataset.labels, dataset.indices
 
 
