@@ -3,10 +3,11 @@
 timm's pretrained weights expect one input size, normalisation and resize interpolation
 (``pretrained_cfg``, with any ``pretrained_cfg_overlay`` applied). With ``data.preprocessing:
 model`` (the default) and ``model.pretrained=true`` on a ``timm:`` model, ``load_config`` sets
-``data.image_size``, ``data.mean``, ``data.std`` and ``data.crop_pct`` from it wherever no YAML file and no
-override set them; a value the config does set wins (an override), and the report records which
-came from where (:func:`describe`). ``data.preprocessing: config`` uses the config's values only.
-Models without a ``pretrained_cfg`` (built-ins, torchvision, local weights files) are unchanged.
+``data.image_size``, ``data.mean``, ``data.std`` and ``data.crop_pct`` from it wherever no YAML
+file and no override set them; a value the config does set wins (an override), and the report
+records which came from where (:func:`describe`). ``data.preprocessing: config`` uses the
+config's values only. Models without a ``pretrained_cfg`` (built-ins, torchvision, local
+weights files) are unchanged.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _model_value(pre: dict[str, Any], key: str) -> Any:
 
 
 def apply_model_preprocessing(cfg: DictConfig, explicit: set[str]) -> None:
-    """Set ``data.image_size/mean/std`` from the model's ``pretrained_cfg`` where ``explicit``
-    (the keys the user's files and overrides set) does not hold them."""
+    """Set ``data.image_size/mean/std/crop_pct`` from the model's ``pretrained_cfg`` where
+    ``explicit`` (the keys the user's files and overrides set) does not hold them."""
     pre = model_preprocessing(cfg)
     if pre is None:
         return
