@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.metrics import bootstrap_ci, bootstrap_diff_ci
@@ -53,6 +54,7 @@ METRICS = ("cosine_distance", "l2")
 TRAJECTORIES = ("grid", "diagonal")
 REFERENCE = "typical"
 PREFIX = "equivariance"
+CIRCULAR, CROP = "circular", "crop"  # eval.equivariance.protocol
 
 __all__ = [
     "auto_layers",
@@ -114,13 +116,29 @@ def _stride(extent: int, n: int) -> int | None:
     return extent // n if n and extent % n == 0 else None
 
 
+def _overlap(shifted: Tensor, reference: Tensor, ky: int, kx: int) -> tuple[Tensor, Tensor]:
+    """``(a, b)``: the reference translated by ``(ky, kx)`` (no wrap-around) and ``shifted``,
+    both cut to where the two maps overlap: ``b[i, j]`` is compared with ``a[i - ky, j - kx]``."""
+    h, w = reference.shape[-2:]
+    y0, y1, x0, x1 = max(0, ky), h + min(0, ky), max(0, kx), w + min(0, kx)
+    b = shifted[..., y0:y1, x0:x1]
+    a = reference[..., y0 - ky : y1 - ky, x0 - kx : x1 - kx]
+    return a, b
+
+
 def compare_shifted(
-    shifted: Tensor, reference: Tensor, shift: tuple[int, int], input_size: tuple[int, int]
+    shifted: Tensor,
+    reference: Tensor,
+    shift: tuple[int, int],
+    input_size: tuple[int, int],
+    circular: bool = True,
 ) -> tuple[Tensor, Tensor, bool]:
     """Per-image ``(cosine_distance, l2, exact)`` between ``shifted = f(t x)`` and the reference
     ``reference = f(x)`` rolled by ``shift`` (both ``[N, C, h, w]``; see the module docstring for
     the exact and the resampling rule). ``[N, D]`` features are compared as they are (no shift).
-    """
+    ``circular=False`` (the crop protocol: new content enters at the border instead of wrapping
+    around) translates instead of rolling, resamples without wrap-around, and compares the two
+    maps where they overlap."""
     if reference.ndim == 2:
         a, b = reference.float()[:, :, None, None], shifted.float()[:, :, None, None]
         exact = True
@@ -129,12 +147,17 @@ def compare_shifted(
         sy, sx = _stride(hh, h), _stride(ww, w)
         dy, dx = shift
         exact = sy is not None and sx is not None and dy % sy == 0 and dx % sx == 0
-        if exact:
+        if exact and circular:
             a = torch.roll(reference.float(), (dy // sy, dx // sx), dims=(-2, -1))
             b = shifted.float()
-        else:
+        elif exact:
+            a, b = _overlap(shifted.float(), reference.float(), dy // sy, dx // sx)
+        elif circular:
             a = torch.roll(circular_upsample(reference.float(), input_size), shift, dims=(-2, -1))
             b = circular_upsample(shifted.float(), input_size)
+        else:
+            up = lambda f: F.interpolate(f, size=input_size, mode="bilinear")  # noqa: E731
+            a, b = _overlap(up(shifted.float()), up(reference.float()), dy, dx)
     return _cosine_distance(a, b), _normalised_l2(a, b), exact
 
 
@@ -374,17 +397,35 @@ def layer_distances(
     *,
     net: nn.Module | None = None,
     batch_size: int = 256,
+    margin: int | None = None,
 ) -> dict[str, LayerDistances]:
     """Distances of every layer, image and shift (see the module docstring).
 
     ``model`` maps float ``[0, 1]`` images ``[N, 3, H, W]`` to logits (it is put in eval mode
     and restored); ``images`` are uint8 or float in ``[0, 1]`` at the model's input size;
     ``layers`` are module names of ``net`` (default ``model.net`` or ``model``) or
-    ``penultimate``. Runs on the model's device, ``batch_size`` images per forward pass."""
+    ``penultimate``. Runs on the model's device, ``batch_size`` images per forward pass.
+    ``margin``: the crop protocol: ``images`` carry ``margin`` px of real pixels around the model
+    window, the reference view is their centre and a shift ``t`` moves the window by ``-t`` (the
+    content moves by ``t``, as ``torch.roll`` moves it), never beyond the margin."""
     net = net if net is not None else getattr(model, "net", model)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    size = (int(images.shape[-2]), int(images.shape[-1]))
+    m = 0 if margin is None else int(margin)
+    if margin is not None and any(max(abs(dy), abs(dx)) > m for dy, dx in shifts):
+        raise ConfigError(
+            f"The crop protocol needs held-out margins of at least the largest shift "
+            f"({max(max(abs(dy), abs(dx)) for dy, dx in shifts)} px), got {m} px: raise "
+            f"data.eval_margin_px or use eval.equivariance.protocol=circular."
+        )
+    size = (int(images.shape[-2]) - 2 * m, int(images.shape[-1]) - 2 * m)
+
+    def view(x: Tensor, shift: tuple[int, int] | None) -> Tensor:
+        if margin is None:
+            return x if shift is None else torch.roll(x, tuple(shift), dims=(-2, -1))
+        dy, dx = shift or (0, 0)
+        return x[..., m - dy : m - dy + size[0], m - dx : m - dx + size[1]]
+
     was_training = model.training
     model.eval()
     per: dict[str, dict[str, list[Tensor]]] = {n: {m: [] for m in METRICS} for n in layers}
@@ -394,15 +435,17 @@ def layer_distances(
         with _Capture(net, layers) as capture:
             for chunk in _chunks(images, max(1, int(batch_size))):
                 x = to_float(chunk.to(device))
-                reference = capture.run(model, x)
+                reference = capture.run(model, view(x, None))
                 cols: dict[str, dict[str, list[Tensor]]] = {
                     n: {m: [] for m in METRICS} for n in layers
                 }
                 flags: dict[str, list[bool]] = {n: [] for n in layers}
                 for shift in shifts:
-                    out = capture.run(model, torch.roll(x, tuple(shift), dims=(-2, -1)))
+                    out = capture.run(model, view(x, shift))
                     for name in layers:
-                        cos, l2, ok = compare_shifted(out[name], reference[name], shift, size)
+                        cos, l2, ok = compare_shifted(
+                            out[name], reference[name], shift, size, circular=margin is None
+                        )
                         cols[name]["cosine_distance"].append(cos.cpu())
                         cols[name]["l2"].append(l2.cpu())
                         flags[name].append(ok)
@@ -467,18 +510,20 @@ def equivariance_profile(
     layers: Sequence[str] | None = None,
     groups: Tensor | None = None,
     net: nn.Module | None = None,
+    margin: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """One split's profile: ``({layer: block}, {layer/metric: per-image values [N]})``.
 
     ``cfg_eval`` is the ``eval`` section (``equivariance`` for the shifts and layers,
     ``n_bootstrap``, ``ci_level``, ``seed``, ``batch_size``); ``layers`` overrides its layers
-    (already resolved); ``groups`` are the instances the images show (bootstrap unit)."""
+    (already resolved); ``groups`` are the instances the images show (bootstrap unit);
+    ``margin``: the crop protocol (see :func:`layer_distances`)."""
     eq = cfg_eval.equivariance
-    size = int(images.shape[-1])
+    size = int(images.shape[-1]) - 2 * (margin or 0)
     names = layers if layers is not None else resolve_layers(model, list(eq.layers), size, net)
     shifts = shift_grid(int(eq.max_shift_px), str(eq.trajectory))
     dists = layer_distances(
-        model, images, names, shifts, net=net, batch_size=int(cfg_eval.batch_size)
+        model, images, names, shifts, net=net, batch_size=int(cfg_eval.batch_size), margin=margin
     )
     blocks = {
         name: _layer_block(d, shifts, str(eq.trajectory), size, cfg_eval, groups)
@@ -517,14 +562,24 @@ def profile_splits(
     values: dict[str, dict[str, Tensor]] = {}
     groups: dict[str, Tensor | None] = {}
     counts: dict[str, int] = {}
+    crop = str(eq.get("protocol", CIRCULAR)) == CROP
+    m = int(eq.max_shift_px)
     for name in splits:
         split = data.split(name)
-        images = center_crop(_first(split.images, int(eq.n_images)), int(image_size))
+        images = _first(split.images, int(eq.n_images))
+        # crop: the model window and m px of the split's real margin around it
+        images = center_crop(images, int(image_size) + (2 * m if crop else 0))
         ids = getattr(split, "indices", None)
         groups[name] = ids[: images.shape[0]] if isinstance(ids, Tensor) else None
         counts[name] = int(images.shape[0])
         report["splits"][name], values[name] = equivariance_profile(
-            model, images, cfg_eval, layers=layers, groups=groups[name], net=net
+            model,
+            images,
+            cfg_eval,
+            layers=layers,
+            groups=groups[name],
+            net=net,
+            margin=m if crop else None,
         )
     if REFERENCE in values:
         for name, vals in values.items():
@@ -545,7 +600,7 @@ def profile_splits(
                 gap[metric] = {"mean": diff, "ci": [lo, hi]}
     report["layers"] = layers
     report["protocol"] = {
-        "shift": "circular",
+        "shift": CROP if crop else CIRCULAR,
         "trajectory": str(eq.trajectory),
         "max_shift_px": int(eq.max_shift_px),
         "shifts": [list(s) for s in shift_grid(int(eq.max_shift_px), str(eq.trajectory))],
@@ -554,8 +609,14 @@ def profile_splits(
         "metrics": list(METRICS),
         "ci_level": float(cfg_eval.ci_level),
         "n_bootstrap": int(cfg_eval.n_bootstrap),
-        "rule": "exact roll where the cumulative stride divides the shift, else both maps "
-        "upsampled to input resolution (bilinear, circular) before the roll",
+        "rule": (
+            "crop: the window moved over the real margin; the maps compared where they overlap, "
+            "translated exactly where the cumulative stride divides the shift, else both "
+            "upsampled to input resolution (bilinear) first"
+            if crop
+            else "exact roll where the cumulative stride divides the shift, else both maps "
+            "upsampled to input resolution (bilinear, circular) before the roll"
+        ),
     }
     return report
 

@@ -595,6 +595,17 @@ def preflight(cfg_eval: Any, data: Any, image_size: int) -> EvalPlan:
             )
         if "translate" in plan.transforms and plan.protocol in ("crop", "subpixel"):
             translation_source(images[:1], plan.size, plan.max_shift, plan.pad_mode)
+        eq = cfg_eval.equivariance
+        if eq.enabled and str(eq.get("protocol", "circular")) == "crop" and name != "train":
+            margin = (int(images.shape[-1]) - plan.size) // 2
+            if margin < int(eq.max_shift_px):
+                raise ConfigError(
+                    f"eval.equivariance.protocol=crop moves the model window over the held-out "
+                    f"margin, but split '{name}' has {margin} px of it and "
+                    f"eval.equivariance.max_shift_px={eq.max_shift_px}: set data.eval_margin_px "
+                    f">= {eq.max_shift_px}, lower the shift, or use "
+                    f"eval.equivariance.protocol=circular."
+                )
     if cfg_eval.typicality.get("checkpoint") is not None:  # read once now, not after training
         typicality.reference_model(str(cfg_eval.typicality.checkpoint))
     return plan

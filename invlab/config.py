@@ -372,6 +372,9 @@ class EquivarianceConfig:
     max_shift_px: int = field(3, ge=1, why="a shift of 0 px leaves nothing to compare")
     trajectory: str = field("grid", choices=("grid", "diagonal"))
     n_images: int = field(200, ge=1)  # per split (the first n)
+    # circular: torch.roll of the model window; crop: the window moved over the held-out split's
+    # real margin (data.eval_margin_px >= max_shift_px), maps compared where they overlap.
+    protocol: str = field("circular", choices=("circular", "crop"))
 
 
 @dataclass

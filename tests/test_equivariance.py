@@ -260,3 +260,62 @@ def test_invlab_report_tabulates_and_draws_the_profile_per_group(tmp_path: Path)
     assert (tmp_path / "report" / "equivariance.png").is_file()
     contrasts = [c for c in out["contrasts"] if c["transform"] == "equivariance"]
     assert contrasts and all(c["key"] == "model.antialias.method" for c in contrasts)
+
+
+# ---------------------------------------------------------------------- the crop protocol
+def _pointwise(stride: int = 1) -> Net:
+    """1x1 convolutions only: no spatial context, so no border effect under crops."""
+    torch.manual_seed(0)
+    return Net(nn.Conv2d(3, 8, 1, stride), nn.ReLU(), nn.Conv2d(8, 8, 1))
+
+
+def test_crop_protocol_pointwise_network_is_exactly_equivariant_on_the_overlap() -> None:
+    m = 3
+    images = _images(4, SIZE + 2 * m)  # the model window and 3 px of real margin around it
+    layers = ["features.0", "features.1", "features.2"]
+    dists = layer_distances(_pointwise(), images, layers, shift_grid(m), margin=m)
+    for name in layers:
+        for metric, values in dists[name].values.items():
+            assert values.abs().max() < 1e-6, (name, metric)
+
+
+def test_crop_protocol_moves_the_window_and_compares_the_overlap_by_hand() -> None:
+    m, shift = 2, (2, -2)  # the stride 2 divides the shift: compared exactly
+    net = _pointwise(stride=2).eval()
+    images = _images(3, SIZE + 2 * m)
+    dists = layer_distances(net, images, ["features.2"], [shift], margin=m)
+    assert dists["features.2"].exact == [True]
+    with torch.no_grad():
+        centre = net.features(images[..., m : m + SIZE, m : m + SIZE])
+        moved = net.features(images[..., m - 2 : m - 2 + SIZE, m + 2 : m + 2 + SIZE])
+    # content moved by (+2, -2) px = (+1, -1) cells: moved[i, j] = centre[i - 1, j + 1]
+    a, b = centre[..., 0:7, 1:8], moved[..., 1:8, 0:7]
+    assert torch.allclose(a, b, atol=1e-6)  # pointwise: equal on the overlap
+    torch.testing.assert_close(
+        dists["features.2"].values["l2"][:, 0], torch.zeros(3), atol=1e-6, rtol=0
+    )
+    # an odd shift is resampled and, after stride 2, no longer exact
+    odd = layer_distances(net, images, ["features.2"], [(1, 0)], margin=m)
+    assert odd["features.2"].exact == [False]
+    assert odd["features.2"].values["cosine_distance"].mean() > 1e-4
+
+
+def test_crop_protocol_needs_a_margin_as_wide_as_the_shifts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="raise data.eval_margin_px"):
+        layer_distances(_pointwise(), _images(2, SIZE + 2), ["features.0"], shift_grid(2), margin=1)
+    cfg = tiny_config(
+        tmp_path,
+        "eval.enabled=true",
+        "eval.equivariance.enabled=true",
+        "eval.equivariance.protocol=crop",
+        "eval.equivariance.max_shift_px=3",
+        "data.eval_margin_px=2",
+        "eval.max_shift_px=2",
+    )
+    from eval.runner import preflight
+    from train.data import build_datamodule
+
+    dm = build_datamodule(cfg)
+    dm.setup()
+    with pytest.raises(ConfigError, match="eval.equivariance.protocol=crop moves the model window"):
+        preflight(cfg.eval, dm, int(cfg.data.image_size))
