@@ -82,6 +82,12 @@ def test_the_gap_out_of_training_minus_in_by_hand(tmp_path: Path) -> None:
     assert row["lo"] == pytest.approx(0.16 - half, abs=1e-6)
     assert row["hi"] == pytest.approx(0.16 + half, abs=1e-6)
     assert (row["method"], row["seeds"], row["verdict"]) == ("paired", "3/3", "higher")
+    # P(change) gaps are positive: a positive out - in means the gap closes. One factor: Holm
+    # over the factors leaves its p as it is (t = 0.16 / (0.01 / sqrt 3) on 2 df)
+    t = 0.16 / (0.01 / math.sqrt(3))
+    assert row["p"] == pytest.approx(1 - t / math.sqrt(t * t + 2), abs=1e-9)
+    assert row["p_holm"] == pytest.approx(row["p"])
+    assert (row["gap"], row["verdict_holm"], row["gap_holm"]) == ("closes", "higher", "closes")
     # the gap that remains with the factor in training: 0.04, 0.04, 0.06
     sd_in = math.sqrt(((0.04 - 0.14 / 3) ** 2 * 2 + (0.06 - 0.14 / 3) ** 2) / 2)
     assert row["gap_in"] == pytest.approx(0.14 / 3)
@@ -89,9 +95,11 @@ def test_the_gap_out_of_training_minus_in_by_hand(tmp_path: Path) -> None:
     # accuracy is 0.9 everywhere: a zero gap in both arms, no spread, not resolved
     (acc,) = [r for r in result["controls"] if r["metric"] == "accuracy"]
     assert acc["out_minus_in"] == 0 and acc["verdict"] == "not resolved"
+    assert acc["gap"] == "not resolved"
     md = (tmp_path / "rep" / "controls.md").read_text()
     assert "| scale | data.placement.scale: [0.9, 1.1] -> [0.65, 1.1] | scale |" in md
-    assert f"+0.160 [{0.16 - half:+.3f}, {0.16 + half:+.3f}] | paired, 3/3 | higher |" in md
+    interval = f"+0.160 [{0.16 - half:+.3f}, {0.16 + half:+.3f}]"
+    assert f"{interval} | paired, 3/3 | higher | closes |" in md
     assert "(to reference)" in (tmp_path / "rep" / "report.md").read_text()
     assert "gap to reference" in (tmp_path / "rep" / "contrasts.md").read_text()
 
