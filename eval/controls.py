@@ -19,11 +19,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from eval.contrasts import HIGHER, LOWER, NOT_RESOLVED, adjusted_verdict, holm
 from eval.study import GAP, TYPICAL, Group
 from invlab.config import FACTORS, REFERENCE, ConfigError, as_config, changed_factors
+from invlab.figures import (
+    DPI,
+    PAGE_WIDTH,
+    categorical_axis,
+    interval_handle,
+    legend_outside,
+    mean_and_seeds,
+    new_figure,
+    save_figure,
+    seed_handle,
+    styled,
+    suptitle,
+)
 
 # (transform, metric) rows of the Markdown table; controls.csv holds every metric.
 HEADLINE = (("translate", "p_change"), ("translate", "accuracy"), ("scale", "p_change"))
@@ -229,3 +243,69 @@ def controls_markdown(found: list[dict[str, Any]], gap_to: str, level: float = 0
         "intrinsic part. Holm: over the factors, per metric (one planned test per factor)."
     )
     return f"# The factor-in-training control\n\n{notes}\n\n{table}\n"
+
+
+@styled
+def plot_controls(
+    groups: Sequence[Group],
+    found: list[dict[str, Any]],
+    path: Path,
+    gap_to: str = REFERENCE,
+    metric: tuple[str, str] = ("translate", "p_change"),
+    level: float = 0.95,
+) -> Path | None:
+    """One panel per factor: its split's gap to ``gap_to`` with the factor out of training and
+    in it (mean, across-seed t-interval, each seed), the out - in verdict in the panel title.
+    None when no control row has ``metric``."""
+    from eval.study import _per_seed, t_interval
+
+    rows = [r for r in found if (r["transform"], r["metric"]) == metric]
+    if not rows:
+        return None
+    fig = new_figure(PAGE_WIDTH, 2.8, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(rows), squeeze=False)[0]
+    seeds_seen: set[int] = set()
+    for ax, r in zip(axes, rows, strict=True):
+        arms = _arms(groups, r)
+        categorical_axis(ax, [f"out\n{r['out']}", f"in\n{r['in']}"], r["key"])
+        for x, (group, colour) in enumerate(zip(arms, ("C0", "C1"), strict=True)):
+            per_seed = _per_seed(group, r["split"], metric[0], metric[1], gap_to)
+            seeds_seen |= set(per_seed)
+            values = [per_seed[s] for s in sorted(per_seed)]
+            stat = t_interval(values, level)
+            interval = stat["ci"] if stat["n"] > 1 else None
+            mean_and_seeds(ax, float(x), stat["mean"], interval, values, colour)
+        ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":")
+        ax.set_title(
+            f"{r['factor']}: out - in {r['out_minus_in']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]"
+            f"\nthe gap: {r['gap']} (Holm: {r['gap_holm']})",
+            fontsize="small",
+        )
+    name = "P(top-1 change)" if metric[1] == "p_change" else metric[1]
+    axes[0].set_ylabel(f"gap to {gap_to}: {name}, {metric[0]}")
+    handles = [interval_handle(f"mean ± {100 * level:.0f}% t-interval"), seed_handle()]
+    legend_outside(fig, handles)
+    suptitle(
+        fig,
+        f"Does a factor's gap close when the factor is put into training? Each split's gap to "
+        f"`{gap_to}` (the narrow training distribution)",
+        f"mean and {100 * level:.0f}% t-interval across {len(seeds_seen)} seeds",
+        "out - in paired by seed",
+    )
+    return save_figure(fig, path)
+
+
+def _arms(groups: Sequence[Group], row: dict[str, Any]) -> tuple[Group, Group]:
+    """The (out, in) groups of a control row."""
+    from eval.study import _show
+
+    key = row["key"]
+    pair = [g for g in groups if _show(g.key.get(key)) in (row["out"], row["in"])]
+    out = next(g for g in pair if _show(g.key.get(key)) == row["out"] and _narrow(g))
+    inside = next(
+        g
+        for g in pair
+        if _show(g.key.get(key)) == row["in"]
+        and all(_show(g.key.get(k)) == _show(out.key.get(k)) for k in out.key if k != key)
+    )
+    return out, inside

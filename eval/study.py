@@ -1319,7 +1319,7 @@ def write_report(
     Gaps are to ``typical``, or to the split ``gap_to`` names (a fixed ``reference``); then,
     when arms differ in a ``data.placement`` key, ``controls.csv`` and ``controls.md`` hold the
     factor-in-training control (:mod:`eval.controls`)."""
-    from eval.controls import check_gap_to, control_rows, controls_markdown
+    from eval.controls import check_gap_to, control_rows, controls_markdown, plot_controls
 
     runs = load_runs(paths)
     groups, keys = group_runs(runs)
@@ -1355,6 +1355,9 @@ def write_report(
         files.append(write_csv(controls, out / "controls.csv", COLUMNS))
         (out / "controls.md").write_text(controls_markdown(controls, gap_to, level))
         files.append(out / "controls.md")
+        figure = plot_controls(groups, controls, out / "controls.png", gap_to, level=level)
+        if figure is not None:
+            files.append(figure)
     if len(groups) > 1:
         files.append(plot_tradeoff(groups, rows, out / "tradeoff.png", level))
     maps = plot_cosine_maps(groups, out / "cosine_maps.png")

@@ -101,6 +101,8 @@ def test_the_gap_out_of_training_minus_in_by_hand(tmp_path: Path) -> None:
     interval = f"+0.160 [{0.16 - half:+.3f}, {0.16 + half:+.3f}]"
     assert f"{interval} | paired, 3/3 | higher | closes |" in md
     assert "(to reference)" in (tmp_path / "rep" / "report.md").read_text()
+    png = tmp_path / "rep" / "controls.png"
+    assert png in result["files"] and png.read_bytes()[:4] == b"\x89PNG"
     assert "gap to reference" in (tmp_path / "rep" / "contrasts.md").read_text()
 
 
