@@ -775,7 +775,7 @@ def _x_positions(values: list[Any]) -> tuple[list[float], list[str], bool]:
     """Where the values of a swept key go on the x axis: evenly spaced categories (in ascending
     order when numeric) unless there are many numbers; their tick labels; ordered or not."""
     numeric = _numeric(values)
-    labels = [_tick(v) for v in values]
+    labels = [_tick(v).replace("+", "+\n") for v in values]  # a list of presets: one per line
     if numeric and len(set(values)) > FEW:
         return [float(v) for v in values], labels, True
     return [float(i) for i in range(len(values))], labels, numeric
