@@ -42,7 +42,7 @@ from eval.plots import (
 )
 from eval.report import cell, read_metrics, render_rows
 from eval.runner import SCALAR_METRICS, TRANSFORMS
-from invlab.config import ConfigError
+from invlab.config import ConfigError, flatten
 from invlab.figures import (
     DPI,
     MARKERS,
@@ -138,18 +138,6 @@ def short_label(key: dict[str, Any]) -> str:
 
 def _show(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> dotted keys (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{full}."))
-        else:
-            out[full] = value
-    return out
 
 
 def _ignored(key: str) -> bool:

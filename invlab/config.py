@@ -562,6 +562,18 @@ def eval_splits(cfg: Config) -> list[str]:
     return list(cfg.eval.splits)
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys (lists and empty mappings stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{full}."))
+        else:
+            out[full] = value
+    return out
+
+
 def to_container(cfg: Any) -> dict[str, Any]:
     """Plain-dict form for checkpoints and loggers (never a DictConfig: see weights_only)."""
     if isinstance(cfg, (DictConfig, ListConfig)):

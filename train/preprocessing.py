@@ -16,20 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from invlab.config import flatten
+
 KEYS = ("image_size", "mean", "std", "crop_pct")  # data.<key>, from the model's pretrained_cfg
-
-
-def _flatten(data: Any, prefix: str = "") -> set[str]:
-    if not isinstance(data, dict):
-        return {prefix.rstrip(".")} if prefix else set()
-    out: set[str] = set()
-    for key, value in data.items():
-        out |= (
-            _flatten(value, f"{prefix}{key}.")
-            if isinstance(value, dict) and value
-            else {f"{prefix}{key}"}
-        )
-    return out
 
 
 def explicit_keys(*sources: DictConfig) -> set[str]:
@@ -37,7 +26,7 @@ def explicit_keys(*sources: DictConfig) -> set[str]:
     for every key under it)."""
     keys: set[str] = set()
     for src in sources:
-        keys |= _flatten(OmegaConf.to_container(src, resolve=False))
+        keys |= set(flatten(OmegaConf.to_container(src, resolve=False)))  # type: ignore[arg-type]
     return keys
 
 

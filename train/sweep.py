@@ -44,8 +44,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from eval.study import flatten
-from invlab.config import Config, ConfigError, to_container
+from invlab.config import Config, ConfigError, flatten, to_container
 from invlab.files import atomic_write_text
 from train.config import load_config
 from train.rundir import DirectoryInUse, DirLock
