@@ -276,6 +276,22 @@ def _first_int(value: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
+def as_downsampling(
+    name: str, module: nn.Module, shape_in: Any, shape_out: Any, sees_pixels: bool
+) -> FirstDownsampling | None:
+    """``module`` as a downsampling layer when it has no submodules and its output map is
+    smaller than its input map (a global pooling to 1 x 1 does not count), else None."""
+    if next(module.children(), None) is not None or shape_in is None or shape_out is None:
+        return None
+    if len(shape_in) != 4 or len(shape_out) != 4 or tuple(shape_out[-2:]) == (1, 1):
+        return None
+    if shape_out[-2] < shape_in[-2] or shape_out[-1] < shape_in[-1]:
+        kernel = _first_int(getattr(module, "kernel_size", None))
+        stride = _first_int(getattr(module, "stride", None))
+        return FirstDownsampling(name, module, kernel, stride, sees_pixels)
+    return None
+
+
 def first_downsampling(
     model: nn.Module, image_size: int, net: nn.Module | None = None
 ) -> FirstDownsampling | None:
@@ -287,15 +303,9 @@ def first_downsampling(
     probe = torch.zeros(1, 3, image_size, image_size, device=device)
     modules = dict(net.named_modules())
     for name, shape_in, shape_out, from_input in _outputs_of(net, probe, model):
-        module = modules[name]
-        if next(module.children(), None) is not None or shape_in is None or shape_out is None:
-            continue
-        if len(shape_in) != 4 or len(shape_out) != 4 or shape_out[-2:] == (1, 1):
-            continue
-        if shape_out[-2] < shape_in[-2] or shape_out[-1] < shape_in[-1]:
-            kernel = _first_int(getattr(module, "kernel_size", None))
-            stride = _first_int(getattr(module, "stride", None))
-            return FirstDownsampling(name, module, kernel, stride, from_input)
+        found = as_downsampling(name, modules[name], shape_in, shape_out, from_input)
+        if found is not None:
+            return found
     return None
 
 

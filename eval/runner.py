@@ -827,19 +827,16 @@ class _FirstDownInput:
     def _search(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             x = inputs[0] if inputs else None
-            if self.layer is not None or not isinstance(x, Tensor) or x.ndim != 4:
+            if self.layer is not None or not isinstance(x, Tensor):
                 return
-            if not isinstance(output, Tensor) or output.ndim != 4:
-                return
-            if output.shape[-2:] == (1, 1) or output.shape[-2:] == x.shape[-2:]:
-                return
-            from eval.equivariance import FirstDownsampling, _first_int
+            from eval.equivariance import as_downsampling
 
-            kernel = _first_int(getattr(module, "kernel_size", None))
-            stride = _first_int(getattr(module, "stride", None))
-            sees_pixels = x is self._net_input
-            self.layer = FirstDownsampling(name, module, kernel, stride, sees_pixels)
-            self.window = (kernel or 1) + 1
+            shape_out = tuple(output.shape) if isinstance(output, Tensor) else None
+            layer = as_downsampling(name, module, tuple(x.shape), shape_out, x is self._net_input)
+            if layer is None:
+                return
+            self.layer = layer
+            self.window = (layer.kernel or 1) + 1
             self.seen = x
             for handle in self._handles:
                 handle.remove()
