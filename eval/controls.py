@@ -257,21 +257,20 @@ def plot_controls(
     """One panel per factor: its split's gap to ``gap_to`` with the factor out of training and
     in it (mean, across-seed t-interval, each seed), the out - in verdict in the panel title.
     None when no control row has ``metric``."""
-    from eval.study import _per_seed, t_interval
+    from eval.study import _interval_text, seed_values, t_interval
 
     rows = [r for r in found if (r["transform"], r["metric"]) == metric]
     if not rows:
         return None
     fig = new_figure(PAGE_WIDTH, 2.8, dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(rows), squeeze=False)[0]
-    seeds_seen: set[int] = set()
+    plotted: list[Group] = []
     for ax, r in zip(axes, rows, strict=True):
         arms = _arms(groups, r)
+        plotted += [g for g in arms if g not in plotted]
         categorical_axis(ax, [f"out\n{r['out']}", f"in\n{r['in']}"], r["key"])
         for x, (group, colour) in enumerate(zip(arms, ("C0", "C1"), strict=True)):
-            per_seed = _per_seed(group, r["split"], metric[0], metric[1], gap_to)
-            seeds_seen |= set(per_seed)
-            values = [per_seed[s] for s in sorted(per_seed)]
+            values = seed_values(group, r["split"], metric[0], metric[1], gap_to)
             stat = t_interval(values, level)
             interval = stat["ci"] if stat["n"] > 1 else None
             mean_and_seeds(ax, float(x), stat["mean"], interval, values, colour)
@@ -289,7 +288,7 @@ def plot_controls(
         fig,
         f"Does a factor's gap close when the factor is put into training? Each split's gap to "
         f"`{gap_to}` (the narrow training distribution)",
-        f"mean and {100 * level:.0f}% t-interval across {len(seeds_seen)} seeds",
+        _interval_text(level, plotted),
         "out - in paired by seed",
     )
     return save_figure(fig, path)

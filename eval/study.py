@@ -564,6 +564,12 @@ def _per_seed(group: Group, split: str, tr: str, metric: str, gap: bool | str) -
     return {s: v for s, v in values.items() if v is not None and not math.isnan(v)}
 
 
+def seed_values(group: Group, split: str, tr: str, metric: str, gap: bool | str = False) -> list:
+    """The group's per-seed values (see :func:`_per_seed`) in seed order: a figure's points."""
+    per_seed = _per_seed(group, split, tr, metric, gap)
+    return [per_seed[s] for s in sorted(per_seed)]
+
+
 def _none_if_nan(value: float) -> float | None:
     return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -831,10 +837,7 @@ def plot_by(
                         continue
                     star = (members[i].label, split, tr, metric) in marks
                     marked |= star
-                    seeds = [
-                        v
-                        for _, v in sorted(_per_seed(members[i], split, tr, metric, False).items())
-                    ]
+                    seeds = seed_values(members[i], split, tr, metric)
                     mean_and_seeds(
                         ax,
                         x + dx,
@@ -1216,12 +1219,7 @@ def plot_equivariance(
                 for x, n, st in zip(xs, layers, stats, strict=True):
                     if st is None:
                         continue
-                    seeds = [
-                        v
-                        for _, v in sorted(
-                            _per_seed(g, split, EQUIVARIANCE, f"{n}/{metric}", False).items()
-                        )
-                    ]
+                    seeds = seed_values(g, split, EQUIVARIANCE, f"{n}/{metric}")
                     mean_and_seeds(
                         ax,
                         x + dx,
