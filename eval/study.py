@@ -24,10 +24,11 @@ report, the minimal resolvable difference and the seeds the observed difference 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -998,15 +999,16 @@ def _colour(i: int, n: int) -> Any:
 def plot_scatter(
     groups: Sequence[Group],
     rows: list[dict[str, Any]],
-    x: tuple[str, str, str],
+    x: tuple[str, str | Callable[[Group], str], str],
     panels: Sequence[tuple[str, str, str]],
     path: Path,
     level: float = 0.95,
     title: str = "",
 ) -> Path:
-    """One panel per ``(transform, metric, label)`` against ``x`` (the same triple): one colour
-    per group, one marker per split, the across-seed mean with its interval on both axes and
-    each seed's own point (hollow); the legend below the panels."""
+    """One panel per ``(transform, metric, label)`` against ``x`` (the same triple; its metric
+    may be a function of the group, e.g. each model's own window): one colour per group, one
+    marker per split, the across-seed mean with its interval on both axes and each seed's own
+    point (hollow); the legend below the panels."""
     from matplotlib.lines import Line2D  # lazily, like every matplotlib import here
 
     index = _lookup(rows)
@@ -1017,13 +1019,14 @@ def plot_scatter(
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (tr, metric, label) in zip(axes, panels, strict=True):
         for gi, g in enumerate(groups):
+            x_metric = x[1](g) if callable(x[1]) else x[1]
             for si, split in enumerate(splits):
-                xs = index.get((g.label, split, x[0], x[1]))
+                xs = index.get((g.label, split, x[0], x_metric))
                 ys = index.get((g.label, split, tr, metric))
                 if xs is None or ys is None:
                     continue
                 marker = MARKERS[si % len(MARKERS)]
-                px = _per_seed(g, split, x[0], x[1], False)
+                px = _per_seed(g, split, x[0], x_metric, False)
                 py = _per_seed(g, split, tr, metric, False)
                 both = sorted(set(px) & set(py))
                 ax.plot(
@@ -1103,29 +1106,53 @@ def plot_tradeoff(
     )
 
 
+def pooling_window(group: Group) -> int | None:
+    """The window of the group's first downsampling layer (kernel + 1: the neighbourhood a
+    1-px shift moves through it, ``protocol.homogeneity_layer``); None when its runs do not
+    agree or never recorded it."""
+    found = {
+        ((r.metrics.get("invariance") or {}).get("protocol") or {})
+        .get("homogeneity_layer", {})
+        .get("window")
+        for r in group.runs
+    }
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
+def _own_window(measure: str, group: Group) -> str:
+    return f"{measure}/{pooling_window(group)}"
+
+
 def plot_homogeneity(
     groups: Sequence[Group],
     rows: list[dict[str, Any]],
-    window: str,
+    window: str | None,
     path: Path,
     level: float = 0.95,
+    measure: str = "homogeneity",
 ) -> Path:
-    """Accuracy and P(top-1 change) against the splits' local homogeneity (Mouton et al.)."""
+    """Accuracy and P(top-1 change) against the splits' local homogeneity (Mouton et al.), at
+    ``window`` or, with ``window=None``, at each group's own first-pooling window (k + 1).
+    ``measure``: ``homogeneity`` (the pixels) or ``homogeneity_input`` (the first downsampling
+    layer's input, each channel rescaled by its own range)."""
+    what = "of the split" if measure == "homogeneity" else "of the first pooling layer's input"
+    metric: str | Callable[[Group], str]
+    if window is None:
+        metric = functools.partial(_own_window, measure)
+        label = f"local homogeneity {what}\n(each model's pooling window, k+1)"
+    else:
+        metric, label = f"{measure}/{window}", f"local homogeneity {what} ({window}×{window})"
     return plot_scatter(
         groups,
         rows,
-        (
-            DATA,
-            f"homogeneity/{window}",
-            f"local homogeneity of the split ({window}×{window} windows)",
-        ),
+        (DATA, metric, label),
         [
             ("translate", "accuracy", "accuracy"),
             ("translate", "p_change", "P(top-1 change), translate"),
         ],
         path,
         level,
-        "Against the images' local homogeneity per group (colour) and split (marker)",
+        "Against the local homogeneity per group (colour) and split (marker)",
     )
 
 
@@ -1358,8 +1385,17 @@ def write_report(
         if r["transform"] == DATA and r["metric"].startswith("homogeneity/")
     ]
     if windows:
-        window = min(windows, key=int)
+        # At each model's own pooling window where every group recorded one (the window that
+        # bounds its first pooling layer); else at the smallest window measured.
+        own = all(pooling_window(g) is not None for g in groups)
+        window = None if own else min(windows, key=int)
         files.append(plot_homogeneity(groups, rows, window, out / "homogeneity.png", level))
+        if own and any(r["metric"].startswith("homogeneity_input/") for r in rows):
+            files.append(
+                plot_homogeneity(
+                    groups, rows, None, out / "homogeneity_input.png", level, "homogeneity_input"
+                )
+            )
     for key in list(by) or keys[:1]:
         reference = base if key == contrast_key and base is not None else key_values(groups, key)[0]
         files.append(

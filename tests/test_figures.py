@@ -290,3 +290,32 @@ def test_compare_plot_names_its_axes_and_whiskers(
     assert list(_chance(acc)[0].get_ydata()) == [1 / CLASSES, 1 / CLASSES]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[:2] == [f"{r.name} (max_shift_px={s})" for r, s in zip(runs, (0, 4), strict=True)]
+
+
+def test_homogeneity_is_plotted_at_each_models_own_pooling_window(
+    tmp_path: Path, captured: dict[str, Figure]
+) -> None:
+    """Kernel-k pooling is bounded by the homogeneity of (k + 1)-windows: each group's points sit
+    at its own window's value, for the pixels and for the pooling layer's input."""
+    from eval.study import write_report
+
+    for kernel in (2, 4):
+        for seed in SEEDS:
+            run = _run(tmp_path / "runs", kernel, seed)
+            metrics = json.loads((run / "metrics.json").read_text())
+            for k, block in enumerate(metrics["invariance"]["splits"].values()):
+                # pixels: window w has homogeneity 1 - w / 10 (- 0.1 on the second split);
+                # the layer's input: 1 - w / 20
+                block["homogeneity"] = {str(w): _stat(1 - w / 10 - 0.1 * k) for w in (2, 3, 5)}
+                block["homogeneity_input"] = {str(kernel + 1): _stat(1 - (kernel + 1) / 20)}
+            metrics["invariance"]["protocol"]["homogeneity_layer"] = {"window": kernel + 1}
+            (run / "metrics.json").write_text(json.dumps(metrics))
+    write_report([tmp_path / "runs"], tmp_path / "rep")
+    pixels, inputs = captured["homogeneity.png"], captured["homogeneity_input.png"]
+    assert "each model's pooling window, k+1" in pixels.get_axes()[0].get_xlabel()
+    assert "first pooling layer's input" in inputs.get_axes()[0].get_xlabel()
+    xs = {round(x, 6) for ln in _hollow(pixels.get_axes()[0]) for x in ln.get_xdata()}
+    # kernel 2 -> window 3 (0.7, 0.6), kernel 4 -> window 5 (0.5, 0.4); never the 2x2 value 0.8
+    assert xs == {0.7, 0.6, 0.5, 0.4}
+    xs = {round(x, 6) for ln in _hollow(inputs.get_axes()[0]) for x in ln.get_xdata()}
+    assert xs == {0.85, 0.75}
