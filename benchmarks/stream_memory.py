@@ -92,16 +92,21 @@ def overrides(root: Path, n: int, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def run_case(case: str, root: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_case(
+    case: str, root: Path, n: int, args: argparse.Namespace, malloc: str = "fixed"
+) -> dict[str, Any]:
     """One case in this process: ``eval`` (every image of ``val/``) or ``fit`` (``--steps``
-    steps on ``train/``, no evaluation). Returns wall time, the data notes and the peaks."""
+    steps on ``train/``, no evaluation). Returns wall time, the data notes and the peaks.
+    ``malloc="glibc"`` skips the mmap threshold streaming fixes (``train.data.heap``)."""
     import torch
 
     from eval.runner import evaluate
     from train.config import load_config
-    from train.data import build_datamodule
+    from train.data import build_datamodule, datamodule
     from train.module import Classifier
 
+    if malloc == "glibc":  # glibc's own dynamic threshold, as before the fix was the default
+        datamodule.fix_mmap_threshold = lambda: None
     torch.manual_seed(0)
     start = time.perf_counter()
     if case == "eval":
@@ -126,7 +131,7 @@ def run_case(case: str, root: Path, n: int, args: argparse.Namespace) -> dict[st
         cfg = load_config(overrides=[*overrides(root, n, args), *extra])
         result = fit(cfg, overwrite=True)
         done = int(args.steps)
-        notes = [n for n in result.notes if n.startswith("Data:")]
+        notes = [n for n in result.notes if n.startswith(("Data:", "Memory:"))]
     return {
         "case": case,
         "n": n,
@@ -142,18 +147,19 @@ def in_subprocess(
     case: str, root: Path, n: int, args: argparse.Namespace, malloc: str = "glibc"
 ) -> dict[str, Any]:
     """``run_case`` in a fresh interpreter: its peak is its own (``--quick``: in this process,
-    the code path only). ``malloc="fixed"``: glibc's mmap threshold fixed at 128 KiB
-    (``MALLOC_MMAP_THRESHOLD_``), which stops the heap fragmenting under the chunk loop's
-    alternating large allocations; ``glibc``: its default dynamic threshold."""
+    the code path only). ``malloc="fixed"``: the default, glibc's mmap threshold fixed at
+    128 KiB by the datamodule when it streams (``train.data.heap``), which stops the heap
+    fragmenting under the chunk loop's alternating large allocations; ``glibc``: that fix
+    skipped, glibc's default dynamic threshold. ``MALLOC_MMAP_THRESHOLD_`` is removed from the
+    case's environment (it would override both)."""
     if args.quick:
-        return {**run_case(case, root, n, args), "malloc": malloc}
+        return {**run_case(case, root, n, args, malloc), "malloc": malloc}
     cmd = [sys.executable, __file__, "--case", case, "--root", str(root), "--n", str(n)]
     for key in ("image_size", "workers", "batch", "eval_batch", "steps"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    cmd += ["--malloc", malloc]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
     env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    if malloc == "fixed":
-        env["MALLOC_MMAP_THRESHOLD_"] = str(128 << 10)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE.parent)
     if proc.returncode != 0:
         raise RuntimeError(f"case {case} n={n} failed:\n{proc.stderr[-4000:]}")
@@ -184,7 +190,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:  # a child: one case, one JSON line
-        print(json.dumps(run_case(args.case, Path(args.root), args.n, args)))
+        print(json.dumps(run_case(args.case, Path(args.root), args.n, args, args.malloc[0])))
         return
     if args.quick:
         args.sizes, args.steps, args.px, args.image_size = [40, 200], 5, 48, 32

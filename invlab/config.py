@@ -224,11 +224,15 @@ class DataConfig:
     batch_size: int = field(128, ge=1)
     num_workers: int = field(0, ge=0)
     # Training batches sliced by index from the uint8 split held on the training device (no
-    # DataLoader): auto (when it fits, see train.data.device_loader) | true | false.
+    # DataLoader): auto (when it fits, see train.data.device_loader) | true | false. For a
+    # training split rendered per batch (data.stream): where its objects are pasted, the
+    # training device (auto, true) or the CPU in the DataLoader (false).
     on_device: str = field("auto", choices=("auto", "true", "false"))
-    # data.render=false splits decoded from files one image at a time by DataLoader workers,
-    # never held in memory: auto (when in memory they would exceed a quarter of the available
-    # RAM, or 2 GiB without psutil; see train.data.stream) | true | false.
+    # Data made when a batch needs it, never a split in memory: data.render=false splits decoded
+    # from their files by DataLoader workers; data.render=true training images rendered per batch
+    # on the training device (held-out splits stay rendered in memory; the same pixels as ahead
+    # of time). auto (when in memory the splits would exceed a quarter of the available RAM, or
+    # 2 GiB without psutil; see train.data.stream) | true | false.
     stream: str = field("auto", choices=("auto", "true", "false"))
     # model: a pretrained timm model's own input (its pretrained_cfg: image_size, mean, std) where
     # no file or override sets these keys (train.preprocessing); config: the values below only.

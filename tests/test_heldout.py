@@ -155,14 +155,14 @@ def test_heldout_splits_use_disjoint_instances() -> None:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert seen[a].isdisjoint(seen[b]), (a, b)
-    assert not dm.notes
+    assert not [n for n in dm.notes if "reuse" in n]
 
 
 def test_instance_reuse_is_announced_and_disjoint_and_the_interval_widens() -> None:
     big = [f"data.heldout.{s}.n=200" for s in ("typical", "position", "scale", "background")]
     with pytest.warns(UserWarning, match="599 held-out instances"):
         dm = _dm("data.source=digits", "data.n_val=200", "data.heldout.atypical.n=200", *big)
-    assert "resample instances" in dm.notes[0]
+    assert any("resample instances" in n for n in dm.notes)
     sets = {n: set(dm.split(n).indices.tolist()) for n in ["val", *dm.heldout_names]}
     assert sum(len(v) for v in sets.values()) <= 599
     names = list(sets)

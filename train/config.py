@@ -370,11 +370,6 @@ def _check_cross_keys(cfg: DictConfig) -> None:
         )
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("'data.mean' and 'data.std' need 3 values each, std > 0.")
-    if d.stream == "true" and d.render:
-        raise ConfigError(
-            "data.stream=true needs data.render=false: rendered splits are made in memory. "
-            "Set data.render=false to take the images as they are, or data.stream=auto."
-        )
     o = cfg.optim
     if o.optimizer.removeprefix("lookahead_") == "sgd" and o.nesterov and o.momentum == 0:
         raise ConfigError(

@@ -1,6 +1,7 @@
 """The datamodule: ``train``, ``val`` and the named held-out splits, in memory as uint8 tensors,
 or (``data.render=false`` images too large for memory, ``data.stream``) streamed from their
-files by DataLoader workers (:mod:`train.data.stream`).
+files by DataLoader workers (:mod:`train.data.stream`); rendered training data too large for
+memory is rendered per batch on the training device (:mod:`train.data.render_batches`).
 
 Held-out splits (``data.heldout``) render held-out instances with the training placement
 except for the factors each split sets. ``val`` and every held-out split get disjoint instances
@@ -37,9 +38,11 @@ from train.data import stream
 from train.data.background import TEXTURE_CELLS
 from train.data.device_loader import DeviceBatches, use_on_device
 from train.data.folder import decode_side, heldout_folder
+from train.data.heap import fix_mmap_threshold
 from train.data.placement import FrameRule
 from train.data.registry import ObjectPool, Source, build_source
 from train.data.render import Scene, render_scene, render_split, resize_split
+from train.data.render_batches import RenderBatches, RenderedImages, SplitRenderer
 from train.data.sampler import EpochSeededSampler
 
 __all__ = [
@@ -54,9 +57,11 @@ __all__ = [
 @dataclass
 class SplitData:
     """One split: uint8 ``images`` [N, 3, S + 2m, S + 2m] (a lazy
-    :class:`~train.data.stream.StreamImages` when streamed), int64 ``labels`` [N], ``margin`` m;
-    ``indices`` [N] are the instances' indices in their source (provenance, and the unit a
-    bootstrap resamples); ``scene`` holds the placements of rendered splits."""
+    :class:`~train.data.stream.StreamImages` when streamed, or
+    :class:`~train.data.render_batches.RenderedImages` for a training split rendered per batch),
+    int64 ``labels`` [N], ``margin`` m; ``indices`` [N] are the instances' indices in their
+    source (provenance, and the unit a bootstrap resamples); ``scene`` holds the placements of
+    rendered splits (neither is kept for a split rendered per batch)."""
 
     images: Tensor
     labels: Tensor
@@ -129,7 +134,8 @@ FOLDER_SPLIT = "folder-split:"  # source name of a held-out split's own folder (
 
 
 class InvDataModule(L.LightningDataModule):
-    """Renders every split once (``setup`` is idempotent) and serves uint8 batches.
+    """Renders every split once (``setup`` is idempotent; a training split too large for memory
+    is rendered per batch instead, see ``data.stream``) and serves uint8 batches.
 
     ``split(name)`` gives the full-size tensors (held-out splits keep their margin for crop-based
     shift evaluation); the dataloaders give the model-input window. ``notes`` collects what a
@@ -319,9 +325,7 @@ class InvDataModule(L.LightningDataModule):
                 pool, n, seed=int(self.cfg.seed), size=canvas, positions=positions, fit=fit
             )
             return SplitData(images, labels, margin, indices)
-        images, labels, indices, scene = render_split(
-            pool,
-            n,
+        how = dict(
             split=split,
             seed=int(self.cfg.seed),
             placement=self.placement(split),
@@ -331,13 +335,21 @@ class InvDataModule(L.LightningDataModule):
             frame=self.frame,
             cell_px=int(d.image_size) / TEXTURE_CELLS,
         )
+        if split == "train" and self._streams():  # rendered per batch (train_dataloader)
+            renderer = SplitRenderer(pool, n, **how)
+            return SplitData(RenderedImages(renderer), renderer.labels, margin)
+        images, labels, indices, scene = render_split(pool, n, **how)
         return SplitData(images, labels, margin, indices, scene)
 
     def _streams(self) -> bool:
-        """Whether splits are streamed (``data.stream``, decided once and noted)."""
+        """Whether splits are streamed (``data.stream``, decided once and noted); streaming fixes
+        glibc's mmap threshold (:mod:`train.data.heap`)."""
         if self.streaming is None:
             self.streaming, note = stream.plan_stream(self)
             self.notes.append(note)
+            heap = fix_mmap_threshold() if self.streaming else None
+            if heap:
+                self.notes.append(heap)
         return self.streaming
 
     @property
@@ -369,8 +381,12 @@ class InvDataModule(L.LightningDataModule):
         if not self.cfg.data.render:
             raise ConfigError("render_scales needs data.render=true (objects are re-rendered).")
         data = self.split(split)
-        assert data.scene is not None
-        scene = data.scene.head(len(data) if n is None else n)
+        count = len(data) if n is None else n
+        if isinstance(data.images, RenderedImages):  # rendered per batch: no scene kept
+            scene = data.images.renderer.scene(np.arange(count))
+        else:
+            assert data.scene is not None
+            scene = data.scene.head(count)
         pool = self.source.train if split == "train" else self.source_of(split).heldout
         views = [
             render_scene(
@@ -409,19 +425,32 @@ class InvDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def train_dataloader(self) -> DataLoader | DeviceBatches:
+    def train_dataloader(self) -> DataLoader | DeviceBatches | RenderBatches:
         """Shuffled training batches: sliced from the split on the device (``data.on_device``,
-        see :func:`use_on_device`) or from a DataLoader; both give the same batches."""
+        see :func:`use_on_device`), from a DataLoader, or rendered per batch (on the device
+        unless ``data.on_device=false``); all give the same batches."""
         s = self.split("train")
         if isinstance(s.images, stream.StreamImages):  # decoded by the DataLoader's workers
             self.train_on_device = False
             return self._loader(s.images.dataset, True, None)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if isinstance(s.images, RenderedImages):
+            self.train_on_device = str(self.cfg.data.on_device) != "false"
+            return RenderBatches(
+                s.images.renderer,
+                int(self.cfg.data.batch_size),
+                int(self.cfg.seed),
+                self.device,
+                rank=rank,
+                world_size=world,
+                num_workers=int(self.cfg.data.num_workers),
+                paint_on_device=self.train_on_device,
+            )
         nbytes = s.images.nbytes + s.labels.nbytes
         self.train_on_device = use_on_device(str(self.cfg.data.on_device), nbytes, self.device)
         if not self.train_on_device:
             return self._loader(TensorDataset(s.images, s.labels), True, None)
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DeviceBatches(
             s.images,
             s.labels,

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from train.data.sampler import EpochSeededSampler
 
-__all__ = ["MEMORY_FRACTION", "DeviceBatches", "free_memory", "use_on_device"]
+__all__ = ["MEMORY_FRACTION", "DeviceBatches", "EpochBatches", "free_memory", "use_on_device"]
 
 # `data.on_device=auto` keeps the split on an accelerator when it takes less than this share of
 # the device's free memory (the rest is for the model, activations and evaluation).
@@ -51,15 +51,49 @@ def use_on_device(setting: str, nbytes: int, device: torch.device) -> bool:
     return free is not None and nbytes < MEMORY_FRACTION * free
 
 
-class DeviceBatches:
-    """Shuffled ``(uint8 images, labels)`` batches of a split held on ``device``.
+class EpochBatches:
+    """The shuffled index batches of a split of ``n`` images for one rank, by (seed, epoch).
 
-    Batch ``k`` of epoch ``e`` holds the images at positions ``[k * batch_size, (k + 1) *
-    batch_size)`` of ``EpochSeededSampler(n, seed).order()`` at epoch ``e`` (the last batch may
-    be short), as the DataLoader path. With ``world_size > 1`` each rank takes every
-    ``world_size``-th index from ``rank`` of the order padded to a multiple of ``world_size``
-    (``DistributedSampler``'s sharding), so ranks see disjoint, equally many images.
+    Batch ``k`` of epoch ``e`` holds positions ``[k * batch_size, (k + 1) * batch_size)`` of
+    ``EpochSeededSampler(n, seed).order()`` at epoch ``e`` (the last batch may be short), as the
+    DataLoader path. With ``world_size > 1`` each rank takes every ``world_size``-th index from
+    ``rank`` of the order padded to a multiple of ``world_size`` (``DistributedSampler``'s
+    sharding), so ranks see disjoint, equally many images. Lightning calls ``set_epoch`` on
+    ``.sampler``.
     """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
+        self.batch_size = int(batch_size)
+        self.sampler = EpochSeededSampler(int(n), int(seed), shuffle=True)
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch."""
+        return math.ceil(self.sampler.num_samples / self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def order(self) -> Tensor:
+        """This rank's indices for the current epoch (int64, CPU)."""
+        order = self.sampler.order()
+        if self.world_size > 1:
+            total = self.num_samples * self.world_size
+            order = torch.cat([order, order[: total - len(order)]])[self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+
+class DeviceBatches(EpochBatches):
+    """Shuffled ``(uint8 images, labels)`` batches of a split held on ``device``, in the order of
+    :class:`EpochBatches`."""
 
     def __init__(
         self,
@@ -71,33 +105,14 @@ class DeviceBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}.")
+        super().__init__(len(labels), batch_size, seed, rank, world_size)
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
-        self.batch_size = int(batch_size)
-        self.sampler = EpochSeededSampler(len(labels), int(seed), shuffle=True)
-        self.rank, self.world_size = rank, world_size
-
-    @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch."""
-        return math.ceil(self.sampler.num_samples / self.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
 
     def indices(self) -> Tensor:
         """This rank's indices for the current epoch, on the device."""
-        order = self.sampler.order()
-        if self.world_size > 1:
-            total = self.num_samples * self.world_size
-            order = torch.cat([order, order[: total - len(order)]])[self.rank :: self.world_size]
-        return order.to(self.device, non_blocking=True)
-
-    def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return self.order().to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         idx = self.indices()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch import Tensor
 
 from invlab.config import ConfigError, DataConfig
 from train.data.registry import ObjectPool, Objects, Source, register_source
@@ -32,6 +33,9 @@ class FolderPool(ObjectPool):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def labels_of(self, indices: np.ndarray) -> Tensor:
+        return self.labels[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
 
     def take(self, indices: np.ndarray, size: int) -> Objects:
         """The images at ``indices``; alpha masks for the whole batch when any image has one

@@ -61,6 +61,13 @@ class ObjectPool:
         perm = np.random.default_rng([seed, 0x1A5]).permutation(len(self))
         return perm[np.asarray(positions) % len(self)]
 
+    def labels_of(self, indices: np.ndarray) -> Tensor:
+        """int64 labels of the instances at ``indices`` without their images where the pool can
+        (this default takes the instances at 2 px, a chunk at a time)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        chunks = [self.take(indices[i : i + 1024], 2).labels for i in range(0, len(indices), 1024)]
+        return torch.cat(chunks).long() if chunks else torch.zeros(0, dtype=torch.long)
+
 
 class ArrayPool(ObjectPool):
     """A pool held in memory as uint8 arrays (every stored dataset).
@@ -96,6 +103,9 @@ class ArrayPool(ObjectPool):
         masks = None if self.masks is None else self.masks[idx]
         provenance = idx if self.source_indices is None else self.source_indices[idx]
         return Objects(images.contiguous(), masks, self.labels[idx], provenance)
+
+    def labels_of(self, indices: np.ndarray) -> Tensor:
+        return self.labels[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
 
 
 @dataclass

@@ -10,7 +10,9 @@ scales, and each object's box) and paints it; ``render_scene`` paints a drawn sc
 every scale multiplied by a factor (the scale views of the same images). Random draws come in
 blocks of :data:`BLOCK` images from generators keyed by (seed, split, block), one stream for
 placements and one for backgrounds: image ``i`` of a split is a pure function of
-(seed, split, i), whatever the split size or chunking.
+(seed, split, i), whatever the split size or chunking. ``draw_scene_at`` draws any indices in
+any order (the blocks they fall in, each once), which is how a training batch is rendered on
+its own (:mod:`train.data.render_batches`).
 
 With a :class:`~train.data.placement.FrameRule`, a drawn position that would let the object
 leave the model window at an evaluated view is redrawn (from a generator keyed by the block and
@@ -39,8 +41,12 @@ __all__ = [
     "BLOCK",
     "Scene",
     "composite",
+    "draw_params_at",
+    "draw_scene_at",
     "draw_split_params",
+    "frame_error",
     "object_extents",
+    "raster_px",
     "render_scene",
     "render_split",
     "resize_split",
@@ -72,18 +78,70 @@ def draw_split_params(
 ) -> tuple[Placement, dict[str, Tensor]]:
     """Placement and background draws of images ``start..stop-1`` of a split (before any
     frame rule)."""
-    offsets, scales, bgs = [], [], []
-    for block in range(start // BLOCK, (stop - 1) // BLOCK + 1):
-        p = sample_placement(placement, BLOCK, _rng(seed, 0xCA7, split, block))
+    return draw_params_at(placement, canvas, seed, split, np.arange(start, stop), cell_px)
+
+
+def draw_params_at(
+    placement: PlacementConfig,
+    canvas: int,
+    seed: int,
+    split: str,
+    index: np.ndarray,
+    cell_px: float = 6.4,
+) -> tuple[Placement, dict[str, Tensor]]:
+    """Placement and background draws of images ``index`` (any order) of a split (before any
+    frame rule): every block an image falls in is drawn whole, once, from its keyed generators,
+    so image ``i`` gets the same draws however the split is chunked or shuffled."""
+    index = np.asarray(index, dtype=np.int64)
+    n = len(index)
+    offset, scale = np.zeros((n, 2)), np.zeros(n)
+    bg_params: dict[str, Tensor] = {}
+    blocks = index // BLOCK
+    for block in np.unique(blocks):
+        sel = np.flatnonzero(blocks == block)
+        at = index[sel] - int(block) * BLOCK
+        p = sample_placement(placement, BLOCK, _rng(seed, 0xCA7, split, int(block)))
         bg = draw_background(
-            placement.background, BLOCK, canvas, _rng(seed, 0xB6, split, block), cell_px
+            placement.background, BLOCK, canvas, _rng(seed, 0xB6, split, int(block)), cell_px
         )
-        lo, hi = max(start - block * BLOCK, 0), min(stop - block * BLOCK, BLOCK)
-        offsets.append(p.offset[lo:hi])
-        scales.append(p.scale[lo:hi])
-        bgs.append({k: v[lo:hi] for k, v in bg.items()})
-    bg_params = {k: torch.cat([b[k] for b in bgs]) for k in bgs[0]}
-    return Placement(np.concatenate(offsets), np.concatenate(scales)), bg_params
+        offset[sel], scale[sel] = p.offset[at], p.scale[at]
+        rows, take = torch.as_tensor(sel), torch.as_tensor(at)
+        for key, value in bg.items():
+            if key not in bg_params:
+                bg_params[key] = value.new_zeros((n, *value.shape[1:]))
+            bg_params[key][rows] = value[take]
+    return Placement(offset, scale), bg_params
+
+
+def draw_scene_at(
+    objects: Objects,
+    index: np.ndarray,
+    *,
+    split: str,
+    seed: int,
+    placement: PlacementConfig,
+    canvas: int,
+    object_px: float,
+    frame: FrameRule | None = None,
+    cell_px: float | None = None,
+) -> tuple[Placement, dict[str, Tensor], np.ndarray, np.ndarray]:
+    """What images ``index`` of a split show, for their ``objects``: (placement after the frame
+    rule, background draws, object extents [n, 4], rejected draws per image (-1: none was in
+    frame)). Every value of image ``i`` is a pure function of (seed, split, i) and its object."""
+    index = np.asarray(index, dtype=np.int64)
+    cell = cell_px if cell_px is not None else canvas / 5
+    place, bg = draw_params_at(placement, canvas, seed, split, index, cell)
+    ext = object_extents(objects, place.scale * object_px, raster_px(object_px, placement))
+    redrawn = np.zeros(len(index), dtype=np.int64)
+    if frame is not None:
+        redrawn = _keep_in_frame(place, ext, frame, placement, seed, split, index)
+    return place, bg, ext, redrawn
+
+
+def raster_px(object_px: float, placement: PlacementConfig, scale_factor: float = 1.0) -> int:
+    """The side objects are rastered at: their largest extent in the split (at least 2 px), so
+    that an image does not depend on the batch it is rendered in."""
+    return max(math.ceil(object_px * float(placement.scale[1]) * scale_factor), 2)
 
 
 def object_extents(objects: Objects, extent: np.ndarray, raster: int | None = None) -> np.ndarray:
@@ -208,14 +266,14 @@ def _keep_in_frame(
     placement: PlacementConfig,
     seed: int,
     split: str,
-    start: int,
+    index: np.ndarray,
 ) -> np.ndarray:
-    """Redraw the placements of images ``start + i`` whose object would leave the frame (in
-    place: ``place`` and ``extents``); returns the number of rejected draws per image (-1: could
-    not be placed). Positions are redrawn first; an object that fits at no position at its scale
-    (a rare wide instance) then redraws position and scale together, both still from the split's
-    distribution. Round ``r`` of block ``b`` draws a whole block from its own generator, so an
-    image's result does not depend on the chunk it is rendered in."""
+    """Redraw the placements of images ``index`` of the split whose object would leave the
+    frame (in place: ``place`` and ``extents``); returns the number of rejected draws per image
+    (-1: could not be placed). Positions are redrawn first; an object that fits at no position at
+    its scale (a rare wide instance) then redraws position and scale together, both still from
+    the split's distribution. Round ``r`` of block ``b`` draws a whole block from its own
+    generator, so an image's result does not depend on the chunk or batch it is rendered in."""
     redrawn = np.zeros(len(place.offset), dtype=np.int64)
     bad = ~frame.inside(place.offset, extents)
     for rnd in range(1, 2 * MAX_ROUNDS + 1):
@@ -223,10 +281,10 @@ def _keep_in_frame(
             break
         redrawn += bad
         idx = np.flatnonzero(bad)
-        blocks = (start + idx) // BLOCK
+        blocks = index[idx] // BLOCK
         for block in np.unique(blocks):
             sel = idx[blocks == block]
-            at = (start + sel) % BLOCK
+            at = index[sel] % BLOCK
             if rnd <= MAX_ROUNDS:
                 draws = sample_offsets(placement, BLOCK, _rng(seed, 0xF4A, split, int(block), rnd))
                 place.offset[sel] = draws[at]
@@ -264,17 +322,22 @@ def render_split(
     (redraw positions that do not); a position that cannot be found raises ``ConfigError``.
     """
     positions = np.arange(n) if positions is None else np.asarray(positions)
-    cell = cell_px if cell_px is not None else canvas / 5
-    raster = max(math.ceil(object_px * float(placement.scale[1])), 2)
+    raster = raster_px(object_px, placement)
     classic = placement.appearance == "classic"
     offsets, scales, extents, redrawn = [], [], [], []
 
     def render(objects: Objects, start: int, stop: int) -> Tensor:
-        place, bg = draw_split_params(placement, canvas, seed, split, start, stop, cell)
-        ext = object_extents(objects, place.scale * object_px, raster)
-        count = np.zeros(stop - start, dtype=np.int64)
-        if frame is not None:
-            count = _keep_in_frame(place, ext, frame, placement, seed, split, start)
+        place, bg, ext, count = draw_scene_at(
+            objects,
+            np.arange(start, stop),
+            split=split,
+            seed=seed,
+            placement=placement,
+            canvas=canvas,
+            object_px=object_px,
+            frame=frame,
+            cell_px=cell_px,
+        )
         offsets.append(place.offset)
         scales.append(place.scale)
         extents.append(ext)
@@ -295,11 +358,11 @@ def render_split(
     failed = int((scene.redrawn < 0).sum())
     if failed:
         assert frame is not None
-        raise _frame_error(split, failed, n, placement, frame, object_px, scene)
+        raise frame_error(split, failed, n, placement, frame, object_px, scene)
     return images, labels, indices, scene
 
 
-def _frame_error(
+def frame_error(
     split: str,
     failed: int,
     n: int,
@@ -308,6 +371,8 @@ def _frame_error(
     object_px: float,
     scene: Scene,
 ) -> ConfigError:
+    """The error for ``failed`` of ``n`` objects of a split that no drawn position keeps in
+    frame (``scene.redrawn`` -1), naming the keys that would make room."""
     where = {
         "gaussian": f"gaussian sigma_px={placement.sigma_px:g} up to {placement.max_offset_px:g}",
         "uniform": f"uniform max_offset_px={placement.max_offset_px:g}",
@@ -341,7 +406,7 @@ def render_scene(
     """The images of a drawn scene with every scale multiplied by ``scale_factor`` (same
     instances, offsets and backgrounds) -> uint8 [n, 3, C, C]."""
     cell = cell_px if cell_px is not None else canvas / 5
-    raster = max(math.ceil(object_px * float(placement.scale[1]) * scale_factor), 2)
+    raster = raster_px(object_px, placement, scale_factor)
     classic = placement.appearance == "classic"
 
     def render(objects: Objects, start: int, stop: int) -> Tensor:

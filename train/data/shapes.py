@@ -147,6 +147,9 @@ class ShapePool(ObjectPool):
     def instances(self, positions: np.ndarray, seed: int) -> np.ndarray:
         return np.asarray(positions, dtype=np.int64)  # instances are random already
 
+    def labels_of(self, indices: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.asarray(indices, dtype=np.int64) % len(CLASS_NAMES))
+
     def _params(self, chunk: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, 0x5A9E5, self.role, chunk])
         n = CHUNK

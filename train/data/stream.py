@@ -12,7 +12,9 @@ size)``, chunks decoded by DataLoader workers, so peak memory is a few chunks wh
 
 The choice between the paths (``data.stream``: ``auto`` | ``true`` | ``false``) is
 :func:`use_stream`: ``auto`` streams when the in-memory splits would take more than
-:func:`memory_limit` bytes.
+:func:`memory_limit` bytes. For ``data.render=true`` streaming means the training split rendered
+per batch on the training device (:mod:`train.data.render_batches`); :func:`plan_stream` decides
+and words both.
 """
 
 from __future__ import annotations
@@ -234,26 +236,28 @@ def plan_stream(dm: Any, limit: int | None = None) -> tuple[bool, str]:
     """Whether the splits of datamodule ``dm`` are streamed (``data.stream``), and the sentence
     for the run's notes.
 
-    Only ``data.render=false`` splits of pools decoded on demand (:func:`streamable`) can stream;
-    ``auto`` streams them when all splits in memory would exceed ``limit`` (default
-    :func:`memory_limit`) bytes. ``true`` where nothing can stream is a ``ConfigError``.
+    ``data.render=false``: splits of pools decoded on demand (:func:`streamable`) are decoded by
+    workers when a batch needs them. ``data.render=true``: the training split is rendered per
+    batch on the training device (:mod:`train.data.render_batches`); the held-out splits stay
+    rendered in memory. ``auto`` streams when all splits in memory would exceed ``limit``
+    (default :func:`memory_limit`) bytes. ``true`` where nothing can stream is a
+    ``ConfigError``.
     """
     d = dm.cfg.data
     setting = str(getattr(d, "stream", "auto")).lower()
     names = list(dm.split_names)
     sizes = {s: int(dm.size(s)) for s in names}
     nbytes = sum(split_bytes(n, int(d.image_size) + 2 * dm.margin(s)) for s, n in sizes.items())
-    pools = {s: dm.source.train if s == "train" else dm.source_of(s).heldout for s in names}
-    able = [s for s in names if not d.render and streamable(pools[s])]
+    if d.render:
+        able = ["train"]
+    else:
+        pools = {s: dm.source.train if s == "train" else dm.source_of(s).heldout for s in names}
+        able = [s for s in names if streamable(pools[s])]
     if setting == "true" and not able:
-        reason = (
-            "data.render=true renders the splits in memory: set data.render=false to take the "
-            "images as they are"
-            if d.render
-            else f"data.source={d.source!r} holds its images in memory (streaming reads the "
-            f"files of the 'folder' source)"
+        raise ConfigError(
+            f"data.stream=true, but data.source={d.source!r} holds its images in memory "
+            f"(streaming reads the files of the 'folder' source); set data.stream=auto."
         )
-        raise ConfigError(f"data.stream=true, but {reason}; or set data.stream=auto.")
     streaming = bool(able) and use_stream(setting, nbytes, limit)
     size = f"{nbytes / 2**20:.0f} MiB as uint8"
     if not streaming:
@@ -261,6 +265,18 @@ def plan_stream(dm: Any, limit: int | None = None) -> tuple[bool, str]:
         return False, f"Data: {total} images in memory ({size}; data.stream={setting})."
     n = sum(sizes[s] for s in able)
     kept = [s for s in names if s not in able]
+    if d.render:
+        rendered = [s for s in kept if sizes[s]]
+        rest = f"; {', '.join(rendered)} rendered in memory" if rendered else ""
+        where = (
+            "on the CPU in the DataLoader (data.on_device=false)"
+            if str(getattr(d, "on_device", "auto")) == "false"
+            else "on the training device"
+        )
+        return True, (
+            f"Data: rendering the {n} training images per batch {where} (in memory the splits "
+            f"would take {size}; data.stream={setting}{rest})."
+        )
     also = f"; {', '.join(kept)} in memory" if kept else ""
     workers = int(d.num_workers)
     where = f"in {workers} workers" if workers else "in the main process (data.num_workers=0)"
