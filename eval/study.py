@@ -28,6 +28,7 @@ import functools
 import io
 import json
 import math
+import textwrap
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -786,12 +787,12 @@ def plot_by(
     marks: Collection[tuple[str, str, str, str]] = (),
     mark_label: str = "resolved (Holm)",
     level: float = 0.95,
-) -> Path:
+) -> Path | None:
     """Each headline metric against ``by``: per split (colour) the group's mean with its
     across-seed interval and each seed's value beside it, the values of ``by`` as evenly spaced
     categories; one row of panels per combination of the other varied keys. A point whose
     ``(group label, split, transform, metric)`` is in ``marks`` is a star (a resolved
-    contrast)."""
+    contrast). None when no group measured any headline metric."""
     from matplotlib.lines import Line2D
 
     index = _lookup(rows)
@@ -801,8 +802,16 @@ def plot_by(
     for g in groups:
         label = short_label({k: g.key[k] for k in others})
         facets.setdefault(label, []).append(g)
-    panels = [(t, tr, m) for t, tr, m, gap in HEADLINE if not gap and "/" not in m]
     splits = splits_of([r for g in groups for r in g.runs])
+    panels = [  # a metric no group measured (a transform not evaluated) gets no empty panel
+        (t, tr, m)
+        for t, tr, m, gap in HEADLINE
+        if not gap
+        and "/" not in m
+        and any((g.label, s, tr, m) in index for g in groups for s in splits)
+    ]
+    if not panels:
+        return None
     chance = num_classes([r for g in groups for r in g.runs])
     colours = {s: _colour(i, len(splits)) for i, s in enumerate(splits)}
     fig = new_figure(PAGE_WIDTH, 2.0 * len(facets) + 0.9, dpi=DPI, layout="constrained")
@@ -1263,7 +1272,8 @@ def plot_equivariance(
                     linewidth=0.7,
                     alpha=0.6,
                 )
-            ax.set_ylabel(f"{EQUIVARIANCE_LABELS[metric]}\n{split}")
+            ax.set_ylabel("\n".join(textwrap.wrap(EQUIVARIANCE_LABELS[metric], 16)))
+            ax.set_title(split, fontsize="medium")
             ax.set_ylim(bottom=0)
             if r == len(splits) - 1:
                 ax.set_xlabel("layer (forward order)")
@@ -1286,8 +1296,8 @@ def plot_equivariance(
     ]
     suptitle(
         fig,
-        "Shift equivariance by layer per group (colour): distance between the features of the "
-        "shifted image and the shifted features (penultimate: pooled features)",
+        "Shift equivariance by layer (rows: splits; colour: group): distance between the "
+        "features of the shifted image and the shifted features (penultimate: pooled)",
         _interval_text(level, members),
         f"{_count(counts, 'image')} per split" if counts else "",
         equivariance_subtitle(protocol),
@@ -1398,18 +1408,18 @@ def write_report(
             )
     for key in list(by) or keys[:1]:
         reference = base if key == contrast_key and base is not None else key_values(groups, key)[0]
-        files.append(
-            plot_by(
-                groups,
-                rows,
-                key,
-                keys,
-                out / f"by_{key.replace('.', '_')}.png",
-                _marks(contrasts, key, reference),
-                f"resolved vs {short_label({key: reference})} (Holm)",
-                level,
-            )
+        by_figure = plot_by(
+            groups,
+            rows,
+            key,
+            keys,
+            out / f"by_{key.replace('.', '_')}.png",
+            _marks(contrasts, key, reference),
+            f"resolved vs {short_label({key: reference})} (Holm)",
+            level,
         )
+        if by_figure is not None:
+            files.append(by_figure)
         for within, stem in ((False, "typicality"), (True, "typicality_within")):
             typ = plot_typicality(
                 groups, key, out / f"{stem}_by_{key.replace('.', '_')}.png", level, within

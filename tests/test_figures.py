@@ -319,3 +319,26 @@ def test_homogeneity_is_plotted_at_each_models_own_pooling_window(
     assert xs == {0.7, 0.6, 0.5, 0.4}
     xs = {round(x, 6) for ln in _hollow(inputs.get_axes()[0]) for x in ln.get_xdata()}
     assert xs == {0.85, 0.75}
+
+
+def test_a_transform_nobody_evaluated_gets_no_panel(
+    tmp_path: Path, captured: dict[str, Figure]
+) -> None:
+    from eval.study import write_report
+
+    for shift in (0, 4):
+        for seed in SEEDS[:2]:
+            run = _run(tmp_path / "runs", shift, seed)
+            metrics = json.loads((run / "metrics.json").read_text())
+            for block in metrics["invariance"]["splits"].values():
+                del block[
+                    "scale"
+                ]  # translation only, as in a study with eval.transforms=[translate]
+            (run / "metrics.json").write_text(json.dumps(metrics))
+    write_report([tmp_path / "runs"], tmp_path / "rep")
+    fig = captured["by_augment_max_shift_px.png"]
+    assert [ax.get_ylabel() for ax in fig.get_axes() if ax.get_visible()] == [
+        "accuracy, translate",
+        "P(top-1 change), translate",
+        "consistency, translate",
+    ]
