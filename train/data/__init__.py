@@ -1,7 +1,13 @@
 """Data: object sources, canvas rendering with placement distributions, the datamodule."""
 
 from invlab.imageops import center_crop
-from train.data import digits, folder, shapes, torchvision_sources  # noqa: F401  (register sources)
+from train.data import (  # noqa: F401  (register sources)
+    digits,
+    folder,
+    shapes,
+    shards,
+    torchvision_sources,
+)
 from train.data.datamodule import InvDataModule, SplitData, build_datamodule
 from train.data.registry import (
     ArrayPool,

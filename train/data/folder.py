@@ -12,7 +12,9 @@ CMYK images are converted. A file that cannot be decoded is a ``ConfigError`` na
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -42,7 +44,7 @@ class FolderPool(ObjectPool):
         (the opaque ones fully opaque), else None."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         side = (self.size, self.size)
-        decoded = [decode_image(self.paths[i], side) for i in idx.tolist()]
+        decoded = [self.decode(i, side) for i in idx.tolist()]
         rgb = np.stack([d[0] for d in decoded]) if decoded else np.zeros((0, *side, 3), np.uint8)
         images = torch.as_tensor(rgb).permute(0, 3, 1, 2).contiguous()
         masks = None
@@ -51,6 +53,10 @@ class FolderPool(ObjectPool):
             alphas = np.stack([opaque if a is None else a for _, a in decoded])
             masks = torch.as_tensor(alphas)[:, None].contiguous()
         return Objects(images, masks, self.labels[idx], idx)
+
+    def decode(self, i: int, side: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Instance ``i`` fitted to ``side`` (:func:`decode_image` of its file)."""
+        return decode_image(self.paths[i], side)
 
 
 _INTEGER_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
@@ -65,19 +71,25 @@ def _rgba(im: Image.Image) -> Image.Image:
     return im.convert("RGBA" if has_alpha else "RGB")
 
 
-def decode_image(path: str, side: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """An image file fitted to ``side`` (shorter side resized, centre-cropped): uint8 RGB
-    [h, w, 3] and its alpha [h, w] (None when it has none or is wholly opaque).
+def decode_image(
+    path: str | bytes | IO[bytes], side: tuple[int, int], name: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """An image fitted to ``side`` (shorter side resized, centre-cropped): uint8 RGB [h, w, 3]
+    and its alpha [h, w] (None when it has none or is wholly opaque).
 
-    Raises ``ConfigError`` with the path and the reason when the file cannot be decoded."""
+    ``path``: a file's path, or an image file's bytes or a binary file object (a tar member,
+    ``name`` saying where it came from). Raises ``ConfigError`` with the name and the reason
+    when the image cannot be decoded."""
+    source: Any = io.BytesIO(path) if isinstance(path, (bytes, bytearray, memoryview)) else path
+    name = name if name is not None else str(path) if isinstance(path, str) else "<bytes>"
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             fitted = ImageOps.fit(_rgba(im), side, Image.BILINEAR)  # premultiplied resize
     except (OSError, EOFError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
         raise ConfigError(
-            f"Cannot decode the image file {path}: {reason} ({type(err).__name__}). The file is "
+            f"Cannot decode the image file {name}: {reason} ({type(err).__name__}). The file is "
             f"damaged, not an image or unreadable: replace it with a good copy, or remove it "
             f"from data.root."
         ) from None

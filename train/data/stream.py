@@ -80,8 +80,9 @@ def use_stream(setting: str, nbytes: int, limit: int | None = None) -> bool:
 
 
 def streamable(pool: ObjectPool) -> bool:
-    """A pool decoded on demand that knows its labels without decoding (the ``folder`` source);
-    a pool already held in memory (:class:`ArrayPool`) gains nothing from streaming."""
+    """A pool decoded on demand that knows its labels without decoding (the ``folder`` and
+    ``shards`` sources); a pool already held in memory (:class:`ArrayPool`) gains nothing from
+    streaming."""
     return isinstance(getattr(pool, "labels", None), Tensor) and not isinstance(pool, ArrayPool)
 
 
@@ -256,7 +257,8 @@ def plan_stream(dm: Any, limit: int | None = None) -> tuple[bool, str]:
     if setting == "true" and not able:
         raise ConfigError(
             f"data.stream=true, but data.source={d.source!r} holds its images in memory "
-            f"(streaming reads the files of the 'folder' source); set data.stream=auto."
+            f"(streaming reads the files of the 'folder' and 'shards' sources); set "
+            f"data.stream=auto."
         )
     streaming = bool(able) and use_stream(setting, nbytes, limit)
     size = f"{nbytes / 2**20:.0f} MiB as uint8"
