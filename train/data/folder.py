@@ -37,7 +37,8 @@ class FolderPool(ObjectPool):
         return len(self.paths)
 
     def labels_of(self, indices: np.ndarray) -> Tensor:
-        return self.labels[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+        # a copy: torch cannot wrap a numpy view with negative strides (a reversed index)
+        return self.labels[torch.as_tensor(np.array(indices, dtype=np.int64))]
 
     def take(self, indices: np.ndarray, size: int) -> Objects:
         """The images at ``indices``; alpha masks for the whole batch when any image has one

@@ -105,7 +105,7 @@ class ArrayPool(ObjectPool):
         return Objects(images.contiguous(), masks, self.labels[idx], provenance)
 
     def labels_of(self, indices: np.ndarray) -> Tensor:
-        return self.labels[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+        return self.labels[torch.as_tensor(np.array(indices, dtype=np.int64))]
 
 
 @dataclass
