@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from _common import machine
@@ -97,16 +98,24 @@ def run_case(
 ) -> dict[str, Any]:
     """One case in this process: ``eval`` (every image of ``val/``) or ``fit`` (``--steps``
     steps on ``train/``, no evaluation). Returns wall time, the data notes and the peaks.
-    ``malloc="glibc"`` skips the mmap threshold streaming fixes (``train.data.heap``)."""
+    ``malloc="glibc"`` skips the mmap threshold streaming fixes (``train.data.heap``) for this
+    case only: glibc's own dynamic threshold, as before the fix was the default."""
+    from train.data import datamodule
+
+    if malloc == "glibc":
+        with mock.patch.object(datamodule, "fix_mmap_threshold", lambda: None):
+            return _run_case(case, root, n, args)
+    return _run_case(case, root, n, args)
+
+
+def _run_case(case: str, root: Path, n: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from eval.runner import evaluate
     from train.config import load_config
-    from train.data import build_datamodule, datamodule
+    from train.data import build_datamodule
     from train.module import Classifier
 
-    if malloc == "glibc":  # glibc's own dynamic threshold, as before the fix was the default
-        datamodule.fix_mmap_threshold = lambda: None
     torch.manual_seed(0)
     start = time.perf_counter()
     if case == "eval":
