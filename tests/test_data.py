@@ -452,3 +452,28 @@ def test_shapes_are_learnable_by_a_small_cnn():
             for x, y in dm.eval_dataloader("typical")
         ]
     assert torch.cat(hits).float().mean() >= 0.85
+
+
+def test_pools_take_a_reversed_index(tmp_path) -> None:
+    """A reversed numpy index (a view with negative strides) gives the same objects, reversed."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from train.data.folder import FolderPool
+    from train.data.registry import ArrayPool
+
+    images = torch.arange(4 * 3 * 2 * 2, dtype=torch.uint8).reshape(4, 3, 2, 2)
+    pool = ArrayPool(images, torch.tensor([0, 1, 2, 3]))
+    forward, backward = pool.take(np.arange(4), 2), pool.take(np.arange(4)[::-1], 2)
+    assert torch.equal(backward.images, forward.images.flip(0))
+    assert pool.labels_of(np.arange(4)[::-1]).tolist() == [3, 2, 1, 0]
+    paths = []
+    for k in range(3):
+        path = tmp_path / f"{k}.png"
+        Image.fromarray(np.full((4, 4, 3), 60 * k, np.uint8)).save(path)
+        paths.append((str(path), k))
+    folder = FolderPool(paths, 4)
+    taken = folder.take(np.arange(3)[::-1], 4)
+    assert taken.labels.tolist() == [2, 1, 0] and taken.images[:, 0, 0, 0].tolist() == [120, 60, 0]
+    assert folder.labels_of(np.arange(3)[::-1]).tolist() == [2, 1, 0]

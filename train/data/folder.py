@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from invlab.config import ConfigError, DataConfig
-from train.data.registry import ObjectPool, Objects, Source, register_source
+from train.data.registry import ObjectPool, Objects, Source, index_tensor, register_source
 
 HELDOUT_FRACTION = 0.2
 
@@ -37,13 +37,12 @@ class FolderPool(ObjectPool):
         return len(self.paths)
 
     def labels_of(self, indices: np.ndarray) -> Tensor:
-        # a copy: torch cannot wrap a numpy view with negative strides (a reversed index)
-        return self.labels[torch.as_tensor(np.array(indices, dtype=np.int64))]
+        return self.labels[index_tensor(indices)]
 
     def take(self, indices: np.ndarray, size: int) -> Objects:
         """The images at ``indices``; alpha masks for the whole batch when any image has one
         (the opaque ones fully opaque), else None."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        idx = index_tensor(indices)
         side = (self.size, self.size)
         decoded = [self.decode(i, side) for i in idx.tolist()]
         rgb = np.stack([d[0] for d in decoded]) if decoded else np.zeros((0, *side, 3), np.uint8)

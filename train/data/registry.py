@@ -7,7 +7,7 @@ by instance index; the train and held-out pools of a source never share an insta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ __all__ = [
     "Objects",
     "Source",
     "build_source",
+    "index_tensor",
     "list_sources",
     "register_source",
 ]
@@ -69,6 +70,12 @@ class ObjectPool:
         return torch.cat(chunks).long() if chunks else torch.zeros(0, dtype=torch.long)
 
 
+def index_tensor(indices: np.ndarray | Sequence[int]) -> Tensor:
+    """int64 tensor of pool indices; a copy, so any numpy view works (torch cannot wrap one with
+    negative strides, e.g. a reversed index)."""
+    return torch.as_tensor(np.array(indices, dtype=np.int64))
+
+
 class ArrayPool(ObjectPool):
     """A pool held in memory as uint8 arrays (every stored dataset).
 
@@ -96,7 +103,7 @@ class ArrayPool(ObjectPool):
         return int(self.labels.shape[0])
 
     def take(self, indices: np.ndarray, size: int) -> Objects:
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        idx = index_tensor(indices)
         images = self.images[idx]
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
@@ -105,7 +112,7 @@ class ArrayPool(ObjectPool):
         return Objects(images.contiguous(), masks, self.labels[idx], provenance)
 
     def labels_of(self, indices: np.ndarray) -> Tensor:
-        return self.labels[torch.as_tensor(np.array(indices, dtype=np.int64))]
+        return self.labels[index_tensor(indices)]
 
 
 @dataclass
